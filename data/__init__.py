@@ -1,0 +1,1 @@
+"""Datasets and transforms: Cityscapes on its official layout, unlabeled image folders, synthetic scenes."""

@@ -1,0 +1,45 @@
+"""Terminal progress of a search, one line per trial event, in the project's columns."""
+from __future__ import annotations
+
+import time
+
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+
+from search.results import trial_status
+
+HEADER = f"{'trial':<12} {'params':>9} {'ratio':>6} {'mIoU':>7} {'epoch':>7}  status"
+
+
+class ProgressPrinter(Callback):
+    """Prints trial, params, mIoU, epoch and status whenever a trial reports or ends."""
+
+    def __init__(self, print_fn=print):
+        self.print = print_fn
+        self.started = time.monotonic()
+        self.header_shown = False
+
+    def _line(self, trial: Trial, result: dict, status: str) -> None:
+        if not self.header_shown:
+            self.print(HEADER)
+            self.header_shown = True
+        params = result.get("params")
+        miou = result.get("miou")
+        self.print(
+            f"{trial.trial_id:<12} "
+            f"{params / 1e6 if params is not None else float('nan'):>8.3f}M "
+            f"{result.get('param_ratio', float('nan')):>6.1%} "
+            f"{miou if miou is not None and not result.get('infeasible') else float('nan'):>7.4f} "
+            f"{result.get('epoch', 0):>3}/{result.get('epochs_total', 0):<3}  {status}"
+            f"  [{time.monotonic() - self.started:.0f}s]"
+        )
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info) -> None:
+        self._line(trial, result, "infeasible (over budget, not trained)" if result.get("infeasible") else "running")
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
+        last = trial.last_result or {}
+        self._line(trial, last, trial_status("TERMINATED", last))
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
+        self._line(trial, trial.last_result or {}, f"error (see {trial.path}/error.txt)")

@@ -1,0 +1,207 @@
+"""Run (or resume) a search: `python search/run.py --space spaces/demo.yaml [--name N] [--storage DIR]`.
+
+A Ray Tune Tuner runs one distillation per trial (trainable.tune_trainable.distill_trial); Optuna
+proposes policies and loss weights; ASHA stops weak students early. The experiment folder
+`<storage>/<name>/` is resumable with `--resume` and ends with `trials.parquet`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # snapshot the experiment often: a killed driver loses little
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+
+from data.errors import InputError, run_cli  # noqa: E402
+from search.choices import resolve_choices  # noqa: E402
+from search.progress import ProgressPrinter  # noqa: E402
+from search.results import FINISHED, write_trials  # noqa: E402
+from search.space import Space, load_space  # noqa: E402
+from trainable.checkpoint import load_weights  # noqa: E402
+from trainable.evaluate import evaluate  # noqa: E402
+from trainable.inventory import count_flops, count_params  # noqa: E402
+from trainable.loaders import unlabeled_set, val_loader  # noqa: E402
+from trainable.tune_trainable import TrialSetup, distill_trial, teacher_arrays  # noqa: E402
+
+SPACE_COPY = "space.yaml"
+TEACHER_FILE = "teacher.json"
+INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class Experiment:
+    path: Path
+    space: Space
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="search/run.py", description=__doc__.splitlines()[0])
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--space", type=Path, help="space file (YAML) of a new search")
+    target.add_argument("--resume", type=Path, metavar="DIR", help="experiment folder of a search to continue")
+    parser.add_argument("--name", help="experiment name (default: the space file's stem)")
+    parser.add_argument("--storage", default="runs", help="where experiments live: a folder, or any URI Ray accepts")
+    parser.add_argument("--num-samples", type=int, help="override search.num_samples")
+    parser.add_argument("--address", help="address of an existing Ray cluster ('auto' to find one)")
+    args = parser.parse_args(argv)
+    if args.num_samples is not None and args.num_samples < 1:
+        parser.error("--num-samples must be >= 1")
+    return args
+
+
+def storage_path(storage: str) -> str:
+    """Ray needs absolute local paths; URIs (s3://, gs://, ...) pass as they are."""
+    return storage if "://" in storage else str(Path(storage).resolve())
+
+
+def check_inputs(space: Space) -> None:
+    """Fail early, before Ray starts, on what the trials would otherwise trip over."""
+    if space.teacher.checkpoint is None or not space.teacher.checkpoint.is_file():
+        hint = f"; train it with: python search/teacher.py --space {space.path}" if space.teacher_training else ""
+        raise InputError(f"{space.path}: teacher.checkpoint: file {space.teacher.checkpoint} not found{hint}")
+    unlabeled_set(space.data)
+    val_loader(space.data)
+
+
+def init_ray(address: str | None, space: Space) -> None:
+    ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=True)
+    if space.search.gpu > 0 and ray.cluster_resources().get("GPU", 0) < space.search.gpu:
+        raise InputError(
+            f"{space.path}: search.resources.gpu: {space.search.gpu} GPU per trial, but the Ray cluster has "
+            f"{ray.cluster_resources().get('GPU', 0):g} GPUs (set gpu: 0 to run on CPUs)"
+        )
+
+
+def teacher_summary(space: Space, experiment: Path) -> tuple[object, dict]:
+    """The teacher (loaded once, here) and its figures, measured once per search and kept in teacher.json."""
+    teacher = space.teacher.build(load=False)
+    load_weights(teacher, space.teacher.checkpoint)
+    summary_file = experiment / TEACHER_FILE
+    if summary_file.is_file():
+        return teacher, json.loads(summary_file.read_text())
+    print(f"measuring the teacher ({space.teacher.arch}) on {space.data.root / 'leftImg8bit' / space.data.val} ...", flush=True)
+    measure = ray.remote(num_cpus=space.search.cpu, num_gpus=space.search.gpu)(_teacher_miou)
+    miou = ray.get(measure.remote(space, teacher_arrays(teacher)))
+    summary = {
+        "arch": space.teacher.arch,
+        "arch_args": space.teacher.arch_args,
+        "params": count_params(teacher),
+        "flops": count_flops(teacher, space.data.crop),
+        "miou": miou,
+    }
+    summary_file.write_text(json.dumps(summary, indent=2))
+    print(f"teacher: {summary['params'] / 1e6:.3f}M params, val mIoU {miou:.4f}", flush=True)
+    return teacher, summary
+
+
+def _teacher_miou(space: Space, state: dict) -> float:
+    from trainable.config import pick_device
+    from trainable.tune_trainable import shared_teacher
+
+    device = pick_device()
+    teacher = shared_teacher(space.teacher, state).to(device)
+    return evaluate(teacher, val_loader(space.data), space.data.eval, space.teacher.num_classes, device).miou
+
+
+def make_trainable(space: Space, teacher, teacher_miou: float):
+    setup = TrialSetup(space.teacher, space.data, space.distill, resolve_choices(space), teacher_miou, space.search.score)
+    trainable = tune.with_parameters(distill_trial, setup=setup, teacher_state=teacher_arrays(teacher))
+    return tune.with_resources(trainable, {"cpu": space.search.cpu, "gpu": space.search.gpu})
+
+
+def new_tuner(space: Space, experiment: Path, storage: str, num_samples: int, trainable) -> tune.Tuner:
+    from search.searcher import make_scheduler, make_searcher
+
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=make_searcher(space, resolve_choices(space)),
+            scheduler=make_scheduler(space),
+            num_samples=num_samples,
+            max_concurrent_trials=space.search.max_concurrent,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=experiment.name,
+            storage_path=storage,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=0),
+            callbacks=[ProgressPrinter()],
+            verbose=0,
+        ),
+    )
+
+
+def summarize(experiment: Path, num_samples: int, wall_s: float, space: Space) -> int:
+    """Write trials.parquet; tell an interrupted search from a finished one; print Tune's share of the wall time."""
+    analysis = tune.ExperimentAnalysis(str(experiment))
+    done = [t for t in analysis.trials if t.status in FINISHED]
+    if len(done) < num_samples:
+        print(
+            f"\nsearch interrupted: {len(done)} of {num_samples} trials finished. "
+            f"Resume with: python search/run.py --resume {experiment}",
+            file=sys.stderr,
+        )
+        return INTERRUPTED
+    table = write_trials(experiment, analysis)
+    work = float(table["wall_s"].fillna(0).sum())
+    slots = min(space.search.max_concurrent, max(1, int(ray.cluster_resources().get("CPU", 1) // space.search.cpu)))
+    share = max(0.0, 1.0 - work / (wall_s * slots)) if wall_s > 0 else 0.0
+    counts = table["status"].value_counts().to_dict()
+    print(f"\n{len(table)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    print(f"results: {experiment / 'trials.parquet'}; front and plots: python -m analysis {experiment}")
+    print(
+        f"Tune's share of the wall time: {share:.1%} (trials computed {work:.0f}s of {wall_s:.0f}s x {slots} "
+        f"slot{'s' if slots > 1 else ''}; the rest is worker start-up, scheduling and idle slots)"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.resume is not None:
+        experiment_path = args.resume.resolve() if "://" not in str(args.resume) else args.resume
+        if not (experiment_path / SPACE_COPY).is_file():
+            raise InputError(f"{args.resume}: not a plugkd experiment folder (no {SPACE_COPY})")
+        space = load_space(experiment_path / SPACE_COPY)
+        storage = str(experiment_path.parent)
+    else:
+        space = load_space(args.space)
+        storage = storage_path(args.storage)
+        experiment_path = Path(storage) / (args.name or space.name)
+        if (experiment_path / SPACE_COPY).exists():
+            raise InputError(
+                f"{experiment_path}: experiment exists; resume it with --resume {experiment_path} or pick another --name"
+            )
+    num_samples = args.num_samples or space.search.num_samples
+    resolve_choices(space)
+    check_inputs(space)
+    init_ray(args.address, space)
+    experiment_path.mkdir(parents=True, exist_ok=True)
+    if args.resume is None:
+        shutil.copyfile(space.path, experiment_path / SPACE_COPY)
+    teacher, summary = teacher_summary(space, experiment_path)
+    trainable = make_trainable(space, teacher, summary["miou"])
+    started = time.monotonic()
+    if args.resume is not None and tune.Tuner.can_restore(str(experiment_path)):
+        print(f"resuming {experiment_path}", flush=True)
+        tuner = tune.Tuner.restore(str(experiment_path), trainable=trainable, resume_unfinished=True)
+    else:
+        tuner = new_tuner(space, experiment_path, storage, num_samples, trainable)
+    tuner.fit()
+    return summarize(experiment_path, num_samples, time.monotonic() - started, space)
+
+
+if __name__ == "__main__":
+    run_cli(main)

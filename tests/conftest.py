@@ -1,0 +1,57 @@
+"""Shared fixtures: a small synthetic Cityscapes folder and a narrow DeepWV3Plus teacher trained on it."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from data.synthetic import generate  # noqa: E402
+from trainable.checkpoint import save_atomic  # noqa: E402
+from trainable.config import DataSettings, TeacherSettings  # noqa: E402
+from trainable.supervised import train_supervised  # noqa: E402
+
+TEACHER_WIDTH = 0.125
+IMAGE_SIZE = (64, 128)
+
+
+@dataclass(frozen=True)
+class TrainedTeacher:
+    settings: TeacherSettings
+    miou: float
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _threads():
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    generate(root, train=48, val=8, size=IMAGE_SIZE, seed=0, extra=64)
+    return root
+
+
+@pytest.fixture(scope="session")
+def data_settings(synthetic_root) -> DataSettings:
+    return DataSettings(root=synthetic_root, unlabeled=("leftImg8bit/train_extra",), crop=IMAGE_SIZE,
+                        scale=(0.75, 1.25), batch_size=8)
+
+
+@pytest.fixture(scope="session")
+def trained_teacher(tmp_path_factory, data_settings) -> TrainedTeacher:
+    """A narrow DeepWV3Plus trained (supervised) on the synthetic train split for about half a minute."""
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    settings = TeacherSettings("deepwv3plus", num_classes=19, width=TEACHER_WIDTH, checkpoint=path)
+    model = settings.build(load=False).train().requires_grad_(True)
+    torch.manual_seed(0)
+    miou = train_supervised(model, data_settings, epochs=40, lr=1e-2, batch_size=8, num_classes=19,
+                            device=torch.device("cpu"), log=lambda line: None)
+    save_atomic(model.state_dict(), path)
+    return TrainedTeacher(settings, miou)

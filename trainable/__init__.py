@@ -1,0 +1,1 @@
+"""Everything that runs on a tensor: teachers, inventory, cheap ops, surgery, distillation, evaluation."""

@@ -1,0 +1,390 @@
+"""One distillation run: a student (teacher + policy) learns from the frozen teacher on unlabeled images.
+
+Per step: one teacher forward without grad that records the outputs of the plugged layers (and of the
+shared frozen prefix, see `shared_prefix`) with forward hooks, then one student forward and backward.
+Usable without Ray; `trainable.tune_trainable` wraps it for a search.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.tensorboard import SummaryWriter
+
+from data.errors import InputError
+from data.labels import IGNORE_INDEX
+from trainable import losses
+from trainable.checkpoint import save_atomic
+from trainable.config import DataSettings, DistillSettings, TeacherSettings, pick_device
+from trainable.evaluate import EvalResult, evaluate
+from trainable.inventory import count_flops, count_params
+from trainable.loaders import labeled_train_set, train_loader, unlabeled_set, val_loader
+from trainable.optim import make_optimizer, make_scheduler
+from trainable.surgery import apply_policy, plugged_layers
+from trainable.visualize import prediction_grid
+
+EpochCallback = Callable[[dict, "Distillation"], None]
+
+
+class _Replay(nn.Module):
+    """Stands in for a frozen student module whose output the teacher has just computed."""
+
+    def __init__(self, cache: dict[str, Tensor], name: str):
+        super().__init__()
+        self.cache, self.name = cache, name
+
+    def forward(self, *args, **kwargs) -> Tensor:
+        return self.cache[self.name]
+
+
+def _conv_order(model: nn.Module) -> dict[str, int]:
+    return {name: i for i, (name, m) in enumerate(
+        (n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))}
+
+
+def shared_prefix(teacher: nn.Module, student: nn.Module, first_plugged: str, sample: Tensor) -> list[str]:
+    """Largest frozen student modules that run, once each, before the first plugged layer.
+
+    Their inputs and weights equal the teacher's, so the student can reuse the teacher's outputs.
+    """
+    calls: dict[str, list[int]] = {}
+    clock = iter(range(1 << 62))
+    handles = []
+    for name, module in teacher.named_modules():
+        if not name:
+            continue
+        handles.append(module.register_forward_pre_hook(lambda m, a, n=name: calls.setdefault(n, []).append(next(clock))))
+        handles.append(module.register_forward_hook(lambda m, a, o, n=name: calls[n].append(next(clock))))
+    with torch.no_grad():
+        teacher(sample)
+    for handle in handles:
+        handle.remove()
+    if first_plugged not in calls:
+        return []
+    start = calls[first_plugged][0]
+    student_modules = dict(student.named_modules())
+    candidates = {
+        name
+        for name, ticks in calls.items()
+        if len(ticks) == 2 and ticks[1] < start and name in student_modules
+        and not any(p.requires_grad for p in student_modules[name].parameters())
+    }
+    return [name for name in candidates if name.rpartition(".")[0] not in candidates]
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+class Distillation:
+    """State and loop of one run; `fit` trains epoch by epoch and can resume from `state_dict()`."""
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        teacher_settings: TeacherSettings,
+        policy: Mapping[str, str],
+        data: DataSettings,
+        settings: DistillSettings,
+        log_dir: Path | None = None,
+        device: torch.device | str | None = None,
+        teacher_miou: float | None = None,
+        log: Callable[[str], None] = print,
+    ):
+        self.device = torch.device(device) if device is not None else pick_device()
+        self.settings, self.data, self.log = settings, data, log
+        self.teacher_settings, self.policy = teacher_settings, dict(policy)
+        self.teacher = teacher.to(self.device).eval().requires_grad_(False)
+        torch.manual_seed(settings.seed)  # the plugs' initial weights: a run is determined by its settings
+        self.student = apply_policy(self.teacher, self.policy).to(self.device)
+        if self.device.type == "cuda":
+            self.teacher.to(memory_format=torch.channels_last)
+            self.student.to(memory_format=torch.channels_last)
+        order = _conv_order(self.teacher)
+        self.plugged = sorted(plugged_layers(self.policy), key=order.__getitem__)
+        self.depth_weights = losses.depth_weights([order[name] + 1 for name in self.plugged])
+        self._configure_trainable()
+
+        self.labeled = settings.w_ce > 0
+        self.train_set = labeled_train_set(data) if self.labeled else unlabeled_set(data)
+        self.val = val_loader(data)
+        self.steps_per_epoch = self._steps_per_epoch()
+        total_steps = max(1, settings.epochs * self.steps_per_epoch // settings.accumulate)
+        trainable = [p for p in self.student.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(trainable, settings) if trainable else None
+        self.scheduler = make_scheduler(self.optimizer, settings, total_steps) if self.optimizer else None
+
+        self.student_params = count_params(self.student)
+        self.teacher_params = count_params(self.teacher)
+        self.student_flops = count_flops(self.student, data.crop)
+        self.teacher_flops = count_flops(self.teacher, data.crop)
+        self.teacher_miou = teacher_miou
+        self.epoch = 0
+        self.history: list[dict] = []
+        self.last_eval: EvalResult | None = None
+        self.writer = SummaryWriter(str(log_dir)) if log_dir is not None else None
+
+        self._teacher_out: dict[str, Tensor] = {}
+        self._student_out: dict[str, Tensor] = {}
+        self._hooks = [
+            self.teacher.get_submodule(n).register_forward_hook(self._recorder(self._teacher_out, n)) for n in self.plugged
+        ] + [self.student.get_submodule(n).register_forward_hook(self._recorder(self._student_out, n)) for n in self.plugged]
+        self.prefix = self._find_prefix()
+        self._prefix_hooks = [
+            self.teacher.get_submodule(n).register_forward_hook(self._recorder(self._teacher_out, n)) for n in self.prefix
+        ]
+
+    # --- set-up -----------------------------------------------------------------------------------
+    def _configure_trainable(self) -> None:
+        if self.settings.train == "all":
+            self.student.requires_grad_(True)
+            return
+        self.student.requires_grad_(False)
+        for name in self.plugged:
+            self.student.get_submodule(name).requires_grad_(True)
+
+    def _steps_per_epoch(self) -> int:
+        batches = max(1, len(self.train_set) // self.data.batch_size)
+        if self.settings.steps_per_epoch is not None:
+            batches = min(batches, self.settings.steps_per_epoch)
+        return batches
+
+    def _find_prefix(self) -> list[str]:
+        if self.settings.train != "plugged" or not self.plugged:
+            return []
+        sample = torch.zeros(1, 3, 64, 64, device=self.device)
+        return shared_prefix(self.teacher, self.student, self.plugged[0], sample)
+
+    @staticmethod
+    def _recorder(store: dict[str, Tensor], name: str):
+        def hook(module: nn.Module, args, output: Tensor) -> None:
+            store[name] = output
+
+        return hook
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def active_layers(self, epoch: int) -> list[str]:
+        """Plugged layers trained in `epoch` (0-based): all for oneshot, earliest first for progressive."""
+        if self.settings.schedule == "oneshot" or not self.plugged:
+            return self.plugged
+        stages = min(len(self.plugged), self.settings.epochs)
+        count = math.ceil(len(self.plugged) * min(epoch + 1, stages) / stages)
+        return self.plugged[:count]
+
+    @contextlib.contextmanager
+    def _bypass(self, active: list[str]) -> Iterator[None]:
+        """Plugged layers not yet active (progressive schedule) return the teacher layer's output instead."""
+        handles = [
+            self.student.get_submodule(n).register_forward_hook(
+                lambda m, args, out, t=self.teacher.get_submodule(n): t(*args)
+            )
+            for n in self.plugged
+            if n not in active
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @contextlib.contextmanager
+    def _training_mode(self, active: list[str]) -> Iterator[None]:
+        """Student in train mode (all frozen when only plugged layers train), frozen prefix replayed."""
+        self.student.train(self.settings.train == "all")
+        replaced = {name: self.student.get_submodule(name) for name in self.prefix}
+        for name in self.prefix:
+            _set_submodule(self.student, name, _Replay(self._teacher_out, name))
+        try:
+            with self._bypass(active):
+                yield
+        finally:
+            for name, module in replaced.items():
+                _set_submodule(self.student, name, module)
+            self.student.eval()
+
+    def _batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor | None]]:
+        for step, batch in enumerate(train_loader(self.train_set, self.data, self.settings.seed * 100_003 + epoch)):
+            if step >= self.steps_per_epoch:
+                return
+            yield batch if self.labeled else (batch, None)
+
+    def _to_device(self, images: Tensor) -> Tensor:
+        images = images.to(self.device, non_blocking=True)
+        return images.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else images
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
+
+    def step(self, images: Tensor, target: Tensor | None, active: list[str], update: bool) -> dict[str, float]:
+        """One teacher forward (no grad), one student forward and backward; optimizer step when `update`."""
+        s = self.settings
+        self._teacher_out.clear()
+        self._student_out.clear()
+        with self._autocast():
+            with torch.no_grad():
+                teacher_logits = self.teacher(images)
+            student_logits = self.student(images)
+            hint = sum(
+                (w * losses.hint_loss(self._student_out[n], self._teacher_out[n])
+                 for n, w in zip(self.plugged, self.depth_weights) if n in active),
+                torch.zeros((), device=self.device),
+            )
+            kd = losses.kd_loss(student_logits, teacher_logits, s.temperature)
+            ce = (
+                F.cross_entropy(student_logits.float(), target.to(self.device), ignore_index=IGNORE_INDEX)
+                if target is not None
+                else torch.zeros((), device=self.device)
+            )
+            loss = s.w_hint * hint + s.w_kd * kd + s.w_ce * ce
+        if self.optimizer is not None and loss.requires_grad:
+            (loss / s.accumulate).backward()
+            if update:
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+        return {
+            "loss": loss.item(), "loss_hint": hint.item(), "loss_kd": kd.item(), "loss_ce": ce.item(),
+            "agreement": losses.agreement(student_logits, teacher_logits),
+        }
+
+    def train_epoch(self) -> dict[str, float]:
+        epoch = self.epoch
+        self._seed(epoch)
+        active = self.active_layers(epoch)
+        sums: dict[str, float] = {}
+        images_seen, steps = 0, 0
+        started = time.perf_counter()
+        with self._training_mode(active):
+            for step, (images, target) in enumerate(self._batches(epoch)):
+                update = (step + 1) % self.settings.accumulate == 0 or step + 1 == self.steps_per_epoch
+                parts = self.step(self._to_device(images), target, active, update)
+                for key, value in parts.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                images_seen += images.shape[0]
+                steps += 1
+                if self.writer is not None:
+                    self.writer.add_scalar("train/loss", parts["loss"], epoch * self.steps_per_epoch + step)
+        elapsed = time.perf_counter() - started
+        metrics = {key: value / max(1, steps) for key, value in sums.items()}
+        metrics["images_per_s"] = images_seen / elapsed if elapsed > 0 else 0.0
+        metrics["active_layers"] = len(active)
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"] if self.optimizer else 0.0
+        return metrics
+
+    def _seed(self, epoch: int) -> None:
+        seed = self.settings.seed * 100_003 + epoch
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+
+    def evaluate_student(self) -> EvalResult:
+        self.last_eval = evaluate(self.student, self.val, self.data.eval, self.teacher_settings.num_classes, self.device)
+        return self.last_eval
+
+    def evaluate_teacher(self) -> float:
+        if self.teacher_miou is None:
+            self.teacher_miou = evaluate(
+                self.teacher, self.val, self.data.eval, self.teacher_settings.num_classes, self.device
+            ).miou
+        return self.teacher_miou
+
+    def run_epoch(self) -> dict:
+        """Train one epoch, evaluate, log; returns the epoch's metrics."""
+        started = time.perf_counter()
+        metrics = self.train_epoch()
+        with self._bypass(self.active_layers(self.epoch)):
+            miou = self.evaluate_student().miou
+        self.epoch += 1
+        metrics.update(
+            epoch=self.epoch,
+            miou=miou,
+            teacher_miou=self.evaluate_teacher(),
+            params=self.student_params,
+            flops=self.student_flops,
+            param_ratio=self.student_params / self.teacher_params,
+            flop_ratio=self.student_flops / self.teacher_flops,
+            epoch_s=time.perf_counter() - started,
+        )
+        self.history.append(metrics)
+        self._log_epoch(metrics)
+        return metrics
+
+    def _log_epoch(self, m: dict) -> None:
+        self.log(
+            f"epoch {m['epoch']}/{self.settings.epochs}  mIoU {m['miou']:.4f} (teacher {m['teacher_miou']:.4f})  "
+            f"loss {m['loss']:.4f} [hint {m['loss_hint']:.4f} kd {m['loss_kd']:.4f} ce {m['loss_ce']:.4f}]  "
+            f"agree {m['agreement']:.3f}  {m['images_per_s']:.1f} img/s  params {m['param_ratio']:.1%}"
+        )
+        if self.writer is None:
+            return
+        for key in ("miou", "teacher_miou", "loss", "loss_hint", "loss_kd", "loss_ce", "agreement", "images_per_s", "lr"):
+            self.writer.add_scalar(f"epoch/{key}", m[key], m["epoch"])
+        images, _ = next(iter(self.val))
+        with torch.no_grad(), self._bypass(self.active_layers(self.epoch - 1)):
+            images = images[:1].to(self.device)
+            grid = prediction_grid(images, self.teacher(images), self.student(images))
+        self.writer.add_image("val/input_teacher_student", grid, m["epoch"])
+        self.writer.flush()
+
+    def fit(self, on_epoch: EpochCallback | None = None) -> list[dict]:
+        """Run the remaining epochs; `on_epoch(metrics, self)` after each, e.g. to save a checkpoint and report."""
+        while self.epoch < self.settings.epochs:
+            metrics = self.run_epoch()
+            if on_epoch is not None:
+                on_epoch(metrics, self)
+        if self.writer is not None:
+            self.writer.close()
+        return self.history
+
+    # --- checkpoints ------------------------------------------------------------------------------
+    def trained_state(self) -> dict[str, Tensor]:
+        """Student weights that differ from the teacher: the plugged layers, or everything when all weights train."""
+        state = self.student.state_dict()
+        if self.settings.train == "all":
+            return state
+        prefixes = tuple(f"{name}." for name in self.plugged)
+        return {k: v for k, v in state.items() if k.startswith(prefixes)}
+
+    def state_dict(self) -> dict:
+        return {
+            "policy": self.policy,
+            "student": self.trained_state(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "epoch": self.epoch,
+            "history": self.history,
+            "teacher_miou": self.teacher_miou,
+            "rng": torch.get_rng_state(),
+        }
+
+    def init_student(self, state: Mapping) -> None:
+        """Take the student weights of a run checkpoint (e.g. a search trial's) and nothing else."""
+        if dict(state["policy"]) != self.policy:
+            raise InputError("checkpoint was written for another policy than this run's")
+        missing = set(self.trained_state()) - set(state["student"])
+        if missing:
+            raise InputError(f"checkpoint lacks student weights (first: {sorted(missing)[0]})")
+        self.student.load_state_dict(state["student"], strict=False)
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Resume exactly: student, optimizer, schedule, epoch, history and RNG state."""
+        self.init_student(state)
+        if self.optimizer is not None and state["optimizer"] is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
+        self.teacher_miou = state["teacher_miou"]
+        torch.set_rng_state(state["rng"])
+
+    def save(self, path: Path) -> None:
+        save_atomic(self.state_dict(), path)

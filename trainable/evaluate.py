@@ -1,0 +1,267 @@
+"""Cityscapes mIoU: confusion matrices, whole/sliding inference, model evaluation, and a CLI that scores PNGs.
+
+`python -m trainable.evaluate --pred-dir P --gt-dir G [--pred-format labelIds|trainIds] [--json]` gives the
+same class IoUs as cityscapesscripts' evalPixelLevelSemanticLabeling (19 classes, ignore 255).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from contextlib import nullcontext
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+from typing import Iterable, Literal, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+
+from data.cityscapes import find_label_files, read_train_ids
+from data.errors import InputError, run_cli
+from data.folder import require_dir
+from data.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, label_to_train_lut
+
+_PRED_STEM = re.compile(r"(.+?_\d+_\d+)(?:_.*)?\.png", re.IGNORECASE)
+_MAX_LABEL_ID = 33
+
+
+def confusion_matrix(
+    pred: Tensor, target: Tensor, num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE_INDEX,
+    *, other_column: bool = False,
+) -> Tensor:
+    """(C, C) int64 counts, rows = ground-truth class, cols = predicted class; gt == ignore_index is dropped.
+
+    With `other_column`, the result is (C, C + 1) and predictions outside [0, C) are counted in the last
+    column ("no evaluated class"): false negatives of the gt class, false positives of none. Without it,
+    such predictions raise ValueError.
+    """
+    keep = target != ignore_index
+    gt = target[keep].long()
+    guess = pred[keep].long()
+    guess = torch.where((guess < 0) | (guess >= num_classes), num_classes, guess)
+    width = num_classes + 1
+    counts = torch.bincount(gt * width + guess, minlength=num_classes * width)
+    if counts.numel() != num_classes * width:
+        raise ValueError(f"target holds a class >= {num_classes} that is not ignore_index {ignore_index}")
+    conf = counts.view(num_classes, width)
+    if other_column:
+        return conf
+    if conf[:, num_classes].any():
+        raise ValueError(f"pred holds values outside [0, {num_classes}); use other_column=True to count them")
+    return conf[:, :num_classes]
+
+
+def iou_per_class(conf: Tensor) -> list[float | None]:
+    """tp / (tp + fp + fn) per class, None where the denominator is 0; `conf` is (C, C) or (C, C + 1)."""
+    conf = conf.detach().cpu().long()
+    num_classes = conf.shape[0]
+    tp = conf.diagonal()[:num_classes]
+    fn = conf.sum(1) - tp
+    fp = conf[:, :num_classes].sum(0) - tp
+    ious: list[float | None] = []
+    for t, p, n in zip(tp.tolist(), fp.tolist(), fn.tolist()):
+        denom = t + p + n
+        ious.append(t / denom if denom else None)
+    return ious
+
+
+def mean_iou(conf: Tensor) -> float:
+    """Mean of the defined class IoUs (nan if none is defined), summed in class order like the official script."""
+    valid = [iou for iou in iou_per_class(conf) if iou is not None]
+    return sum(valid) / len(valid) if valid else float("nan")
+
+
+def class_names(num_classes: int) -> tuple[str, ...]:
+    return CLASS_NAMES if num_classes == NUM_CLASSES else tuple(f"class{i}" for i in range(num_classes))
+
+
+@dataclass
+class EvalSettings:
+    """How logits are computed: one forward pass or tiles of `crop` px; optional flip and multi-scale."""
+
+    mode: Literal["whole", "sliding"] = "whole"
+    crop: int = 1024
+    overlap: float = 1 / 3
+    flip: bool = False
+    scales: tuple[float, ...] = (1.0,)
+
+
+@dataclass
+class EvalResult:
+    miou: float
+    per_class: dict[str, float | None]
+
+    @classmethod
+    def from_confusion(cls, conf: Tensor) -> EvalResult:
+        names = class_names(conf.shape[0])
+        return cls(miou=mean_iou(conf), per_class=dict(zip(names, iou_per_class(conf))))
+
+    def to_json(self) -> dict:
+        """`{"mIoU": fraction or None, "per_class": {name: IoU or None}}`."""
+        return {"mIoU": None if math.isnan(self.miou) else self.miou, "per_class": dict(self.per_class)}
+
+
+def tile_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Tile origins at multiples of `stride`; the last one shifted back to end at `length` (tile <= length)."""
+    count = math.ceil((length - tile) / stride) + 1
+    return [min(i * stride, length - tile) for i in range(count)]
+
+
+def _sliding(model: nn.Module, images: Tensor, crop: int, overlap: float) -> Tensor:
+    height, width = images.shape[-2:]
+    tile_h, tile_w = min(crop, height), min(crop, width)
+    stride = max(1, math.ceil(crop * (1 - overlap)))
+    total: Tensor | None = None
+    count = torch.zeros(height, width, device=images.device)
+    for y, x in product(tile_starts(height, tile_h, stride), tile_starts(width, tile_w, stride)):
+        logits = model(images[..., y:y + tile_h, x:x + tile_w]).float()
+        if total is None:
+            total = logits.new_zeros(*logits.shape[:2], height, width)
+        total[..., y:y + tile_h, x:x + tile_w] += logits
+        count[y:y + tile_h, x:x + tile_w] += 1
+    return total / count
+
+
+@torch.no_grad()
+def infer_logits(model: nn.Module, images: Tensor, settings: EvalSettings) -> Tensor:
+    """Raw logits (N, C, H, W) in float32 for normalised images (N, 3, H, W), NVIDIA's recipe (model in eval mode).
+
+    Per scale the images are resized bilinearly (antialiased when shrinking, like PIL) and, in sliding mode,
+    cut into tiles of crop * max(scale, 1) px; tile logits are averaged per pixel, resized back (bilinear,
+    half-pixel, like OpenCV), flipped back, and averaged over flips and scales.
+    """
+    height, width = images.shape[-2:]
+    flips = (False, True) if settings.flip else (False,)
+    total: Tensor | None = None
+    for scale in settings.scales:
+        size = (max(1, int(height * scale)), max(1, int(width * scale)))
+        scaled = images if size == (height, width) else F.interpolate(
+            images, size=size, mode="bilinear", align_corners=False, antialias=scale < 1
+        )
+        for flipped in flips:
+            view = scaled.flip(-1) if flipped else scaled
+            if settings.mode == "sliding":
+                logits = _sliding(model, view, round(settings.crop * max(scale, 1.0)), settings.overlap)
+            else:
+                logits = model(view).float()
+            if flipped:
+                logits = logits.flip(-1)
+            if logits.shape[-2:] != (height, width):
+                logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+            total = logits if total is None else total + logits
+    return total / (len(settings.scales) * len(flips))
+
+
+def evaluate(
+    model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], settings: EvalSettings,
+    num_classes: int = NUM_CLASSES, device: torch.device | str = "cpu",
+) -> EvalResult:
+    """mIoU of `model` (already on `device`) over `(images, trainId masks)` batches; bf16 autocast on CUDA."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    try:
+        for images, masks in loader:
+            images = images.to(device, non_blocking=True)
+            masks = masks.to(device, non_blocking=True)
+            with autocast:
+                logits = infer_logits(model, images, settings)
+            conf += confusion_matrix(logits.argmax(1), masks, num_classes, IGNORE_INDEX)
+    finally:
+        model.train(was_training)
+    return EvalResult.from_confusion(conf)
+
+
+_LABEL_LUT = label_to_train_lut()
+_TRAIN_LUT = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+_TRAIN_LUT[:NUM_CLASSES] = np.arange(NUM_CLASSES)
+
+
+def _read_prediction(path: Path, pred_format: str) -> np.ndarray:
+    """A prediction PNG as trainIds, 255 where it predicts no evaluated class."""
+    try:
+        with Image.open(path) as image:
+            ids = np.array(image)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise InputError(f"{path}: cannot read prediction ({err}); expected a one-channel {pred_format} PNG") from err
+    if ids.ndim != 2 or ids.size == 0:
+        raise InputError(f"{path}: prediction has shape {ids.shape}; expected one channel of {pred_format}")
+    top = int(ids.max())
+    if pred_format == "labelIds":
+        if ids.min() < 0 or top > _MAX_LABEL_ID:
+            raise InputError(f"{path}: prediction holds labelId {top}; expected labelIds 0..{_MAX_LABEL_ID}")
+        return _LABEL_LUT[ids.astype(np.uint8)]
+    bad = ids[((ids < 0) | (ids >= NUM_CLASSES)) & (ids != IGNORE_INDEX)]
+    if bad.size:
+        raise InputError(
+            f"{path}: prediction holds trainId {int(bad[0])}; expected trainIds 0..{NUM_CLASSES - 1} or {IGNORE_INDEX}"
+        )
+    return _TRAIN_LUT[ids.astype(np.uint8)]
+
+
+def find_predictions(pred_dir: Path) -> dict[str, Path]:
+    """Every `<city>_<seq>_<frame>*.png` below `pred_dir`, keyed by frame stem; other files are skipped."""
+    found: dict[str, Path] = {}
+    for path in sorted(require_dir(pred_dir, "a folder of prediction PNGs").rglob("*")):
+        match = _PRED_STEM.fullmatch(path.name)
+        if match is None or not path.is_file():
+            continue
+        stem = match.group(1)
+        if stem in found:
+            raise InputError(f"{path}: second prediction for frame {stem} (also {found[stem]}); expected one")
+        found[stem] = path
+    if not found:
+        raise InputError(f"{pred_dir}: no predictions found; expected <city>_<seq>_<frame>*.png files below it")
+    return found
+
+
+def score_folders(pred_dir: str | Path, gt_dir: str | Path, pred_format: str = "labelIds") -> EvalResult:
+    """Score every ground truth `*_gtFine_labelIds.png` below `gt_dir` against its prediction below `pred_dir`."""
+    predictions = find_predictions(Path(pred_dir))
+    labels = find_label_files(gt_dir)
+    if not labels:
+        raise InputError(f"{gt_dir}: no ground truth found; expected <city>/*_gtFine_labelIds.png files below it")
+    conf = torch.zeros(NUM_CLASSES, NUM_CLASSES + 1, dtype=torch.int64)
+    for stem, gt_path in labels.items():
+        if stem not in predictions:
+            raise InputError(f"{gt_path}: no prediction; expected {stem}*.png below {pred_dir}")
+        pred = _read_prediction(predictions[stem], pred_format)
+        gt = read_train_ids(gt_path)
+        if pred.shape != gt.shape:
+            raise InputError(
+                f"{predictions[stem]}: prediction size {pred.shape[1]}x{pred.shape[0]} differs from "
+                f"{gt_path} ({gt.shape[1]}x{gt.shape[0]}); expected the same size"
+            )
+        conf += confusion_matrix(torch.from_numpy(pred), torch.from_numpy(gt), other_column=True)
+    return EvalResult.from_confusion(conf)
+
+
+def format_table(result: EvalResult) -> str:
+    rows = [f"{'class':<15} {'IoU':>7}"]
+    rows += [f"{name:<15} {'n/a' if iou is None else f'{iou:.4f}':>7}" for name, iou in result.per_class.items()]
+    rows.append(f"{'mIoU':<15} {result.miou:>7.4f}")
+    return "\n".join(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainable.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("--pred-dir", required=True, help="folder of prediction PNGs, searched recursively")
+    parser.add_argument("--gt-dir", required=True, help="a gtFine/<split> folder of *_gtFine_labelIds.png")
+    parser.add_argument("--pred-format", choices=("labelIds", "trainIds"), default="labelIds",
+                        help="what the prediction pixels hold (default labelIds)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    result = score_folders(args.pred_dir, args.gt_dir, args.pred_format)
+    print(json.dumps(result.to_json(), indent=2) if args.json else format_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
