@@ -14,32 +14,34 @@ HEADER = f"{'trial':<12} {'params':>9} {'ratio':>6} {'mIoU':>7} {'epoch':>7}  st
 class ProgressPrinter(Callback):
     """Prints trial, params, mIoU, epoch and status whenever a trial reports or ends."""
 
-    def __init__(self, print_fn=print):
-        self.print = print_fn
+    def __init__(self):
         self.started = time.monotonic()
         self.header_shown = False
 
     def _line(self, trial: Trial, result: dict, status: str) -> None:
         if not self.header_shown:
-            self.print(HEADER)
+            print(HEADER, flush=True)
             self.header_shown = True
         params = result.get("params")
         miou = result.get("miou")
-        self.print(
+        print(
             f"{trial.trial_id:<12} "
             f"{params / 1e6 if params is not None else float('nan'):>8.3f}M "
             f"{result.get('param_ratio', float('nan')):>6.1%} "
             f"{miou if miou is not None and not result.get('infeasible') else float('nan'):>7.4f} "
             f"{result.get('epoch', 0):>3}/{result.get('epochs_total', 0):<3}  {status}"
-            f"  [{time.monotonic() - self.started:.0f}s]"
+            f"  [{time.monotonic() - self.started:.0f}s]",
+            flush=True,
         )
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info) -> None:
-        self._line(trial, result, "infeasible (over budget, not trained)" if result.get("infeasible") else "running")
+        if not result.get("infeasible"):
+            self._line(trial, result, "running")
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         last = trial.last_result or {}
-        self._line(trial, last, trial_status("TERMINATED", last))
+        status = trial_status("TERMINATED", last)
+        self._line(trial, last, "infeasible (over budget, not trained)" if status == "infeasible" else status)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         self._line(trial, trial.last_result or {}, f"error (see {trial.path}/error.txt)")

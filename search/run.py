@@ -18,7 +18,7 @@ from typing import Sequence
 
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # snapshot the experiment often: a killed driver loses little
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
@@ -75,7 +75,7 @@ def check_inputs(space: Space) -> None:
 
 
 def init_ray(address: str | None, space: Space) -> None:
-    ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=True)
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     if space.search.gpu > 0 and ray.cluster_resources().get("GPU", 0) < space.search.gpu:
         raise InputError(
             f"{space.path}: search.resources.gpu: {space.search.gpu} GPU per trial, but the Ray cluster has "
@@ -114,6 +114,10 @@ def _teacher_miou(space: Space, state: dict) -> float:
     return evaluate(teacher, val_loader(space.data), space.data.eval, space.teacher.num_classes, device).miou
 
 
+def trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
 def make_trainable(space: Space, teacher, teacher_miou: float):
     setup = TrialSetup(space.teacher, space.data, space.distill, resolve_choices(space), teacher_miou, space.search.score)
     trainable = tune.with_parameters(distill_trial, setup=setup, teacher_state=teacher_arrays(teacher))
@@ -131,6 +135,7 @@ def new_tuner(space: Space, experiment: Path, storage: str, num_samples: int, tr
             num_samples=num_samples,
             max_concurrent_trials=space.search.max_concurrent,
             reuse_actors=True,
+            trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=experiment.name,

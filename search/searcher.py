@@ -1,10 +1,10 @@
-"""Optuna through Ray Tune: a define-by-run space, budget constraints, and ASHA-stopped trials told as PRUNED."""
+"""Optuna through Ray Tune: a define-by-run space with a budget constraint, ASHA-stopped trials told as PRUNED."""
 from __future__ import annotations
 
 from typing import Mapping
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -22,8 +22,10 @@ class DefineByRun:
         self.choices, self.searched = choices, dict(searched)
 
     def __call__(self, trial: optuna.Trial) -> None:
-        for choice in self.choices.choices:
-            trial.suggest_categorical(choice.name, list(choice.ops))
+        picks = {c.key: trial.suggest_categorical(c.name, list(c.ops)) for c in self.choices.choices}
+        if self.choices.max_params is not None:
+            over = self.choices.params(self.choices.policy(picks)) - self.choices.max_params
+            trial.set_constraint("params_over_budget", over)  # samplers steer towards feasible policies
         for name, dist in self.searched.items():
             key = f"distill/{name}"
             if dist.kind == "loguniform":
@@ -34,19 +36,6 @@ class DefineByRun:
                 trial.suggest_int(key, dist.values[0], dist.values[1])
             else:
                 trial.suggest_categorical(key, list(dist.values))
-
-
-class BudgetConstraint:
-    """Optuna constraint: student params minus the budget (feasible when <= 0)."""
-
-    def __init__(self, choices: PolicyChoices):
-        self.choices = choices
-
-    def __call__(self, trial: FrozenTrial) -> tuple[float]:
-        if self.choices.max_params is None:
-            return (0.0,)
-        picks = {c.key: trial.params[c.name] for c in self.choices.choices}
-        return (float(self.choices.params(self.choices.policy(picks)) - self.choices.max_params),)
 
 
 class PruningAwareOptunaSearch(OptunaSearch):
@@ -67,16 +56,15 @@ class PruningAwareOptunaSearch(OptunaSearch):
 
 
 def make_searcher(space: Space, choices: PolicyChoices) -> OptunaSearch:
-    constraint = BudgetConstraint(choices)
     seed = space.search.seed
     if space.search.searcher == "nsga2":
-        sampler = optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraint)
+        sampler = optuna.samplers.NSGAIISampler(seed=seed)
         metric, mode = ["params", "miou"], ["min", "max"]
     else:
         if space.search.searcher == "random":
             sampler = optuna.samplers.RandomSampler(seed=seed)
         else:
-            sampler = optuna.samplers.TPESampler(seed=seed, constraints_func=constraint)
+            sampler = optuna.samplers.TPESampler(seed=seed)
         metric, mode = "score", "max"
     return PruningAwareOptunaSearch(space=DefineByRun(choices, space.searched), metric=metric, mode=mode, sampler=sampler)
 
