@@ -12,7 +12,6 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -36,13 +35,8 @@ from trainable.tune_trainable import TrialSetup, distill_trial, teacher_arrays  
 
 SPACE_COPY = "space.yaml"
 TEACHER_FILE = "teacher.json"
+RUN_FILE = "run.json"
 INTERRUPTED = 130
-
-
-@dataclass(frozen=True)
-class Experiment:
-    path: Path
-    space: Space
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -57,6 +51,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.num_samples is not None and args.num_samples < 1:
         parser.error("--num-samples must be >= 1")
+    if args.resume is not None and (args.num_samples is not None or args.name is not None):
+        parser.error("--resume continues a search as it was started: --num-samples and --name apply to new searches")
     return args
 
 
@@ -176,36 +172,36 @@ def summarize(experiment: Path, num_samples: int, wall_s: float, space: Space) -
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.resume is not None:
-        experiment_path = args.resume.resolve() if "://" not in str(args.resume) else args.resume
-        if not (experiment_path / SPACE_COPY).is_file():
-            raise InputError(f"{args.resume}: not a plugkd experiment folder (no {SPACE_COPY})")
-        space = load_space(experiment_path / SPACE_COPY)
-        storage = str(experiment_path.parent)
+        experiment = args.resume.resolve()
+        if not (experiment / SPACE_COPY).is_file() or not (experiment / RUN_FILE).is_file():
+            raise InputError(f"{args.resume}: not a plugkd experiment folder (no {SPACE_COPY} or {RUN_FILE})")
+        space = load_space(experiment / SPACE_COPY)
+        num_samples = json.loads((experiment / RUN_FILE).read_text())["num_samples"]
+        storage = str(experiment.parent)
     else:
         space = load_space(args.space)
         storage = storage_path(args.storage)
-        experiment_path = Path(storage) / (args.name or space.name)
-        if (experiment_path / SPACE_COPY).exists():
-            raise InputError(
-                f"{experiment_path}: experiment exists; resume it with --resume {experiment_path} or pick another --name"
-            )
-    num_samples = args.num_samples or space.search.num_samples
+        experiment = Path(storage) / (args.name or space.name)
+        if (experiment / RUN_FILE).exists():
+            raise InputError(f"{experiment}: experiment exists; resume it with --resume {experiment} or pick another --name")
+        num_samples = args.num_samples or space.search.num_samples
     resolve_choices(space)
     check_inputs(space)
     init_ray(args.address, space)
-    experiment_path.mkdir(parents=True, exist_ok=True)
+    experiment.mkdir(parents=True, exist_ok=True)
     if args.resume is None:
-        shutil.copyfile(space.path, experiment_path / SPACE_COPY)
-    teacher, summary = teacher_summary(space, experiment_path)
+        shutil.copyfile(space.path, experiment / SPACE_COPY)
+        (experiment / RUN_FILE).write_text(json.dumps({"num_samples": num_samples, "space": str(space.path)}, indent=2))
+    teacher, summary = teacher_summary(space, experiment)
     trainable = make_trainable(space, teacher, summary["miou"])
     started = time.monotonic()
-    if args.resume is not None and tune.Tuner.can_restore(str(experiment_path)):
-        print(f"resuming {experiment_path}", flush=True)
-        tuner = tune.Tuner.restore(str(experiment_path), trainable=trainable, resume_unfinished=True)
+    if args.resume is not None and tune.Tuner.can_restore(str(experiment)):
+        print(f"resuming {experiment}", flush=True)
+        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True)
     else:
-        tuner = new_tuner(space, experiment_path, storage, num_samples, trainable)
+        tuner = new_tuner(space, experiment, storage, num_samples, trainable)
     tuner.fit()
-    return summarize(experiment_path, num_samples, time.monotonic() - started, space)
+    return summarize(experiment, num_samples, time.monotonic() - started, space)
 
 
 if __name__ == "__main__":
