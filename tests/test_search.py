@@ -171,3 +171,26 @@ def test_existing_experiment_is_not_overwritten(killed_and_resumed, workspace):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "experiment exists" in done.stderr
+
+
+def test_search_on_a_two_node_cluster_uses_both_nodes(workspace):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        done = subprocess.run(
+            command("--space", str(workspace["space"]), "--name", "cluster", "--storage", str(workspace["storage"]),
+                    "--num-samples", "4", "--address", cluster.address),
+            cwd=ROOT, capture_output=True, text=True, timeout=SEARCH_TIMEOUT,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        cluster.shutdown()
+    experiment = workspace["storage"] / "cluster"
+    nodes = set()
+    for result in experiment.glob("trial_*/result.json"):
+        nodes |= {json.loads(line)["node_id"] for line in result.read_text().splitlines()}
+    assert len(nodes) == 2
+    assert len(pd.read_parquet(experiment / "trials.parquet")) == 4

@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+import ray
 from ray import tune
 from torch import nn
 
@@ -72,6 +73,7 @@ def distill_trial(config: dict, setup: TrialSetup, teacher_state: dict[str, np.n
         "epochs_total": settings.epochs,
         "teacher_miou": setup.teacher_miou,
         "policy": json.dumps(policy),
+        "node_id": ray.get_runtime_context().get_node_id(),
     }
     if not setup.choices.feasible(policy):
         tune.report({**base, "infeasible": True, "epoch": 0, "miou": 0.0, "score": 0.0, "flops": 0})
