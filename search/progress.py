@@ -14,7 +14,7 @@ HEADER = f"{'trial':<12} {'params':>9} {'ratio':>6} {'mIoU':>7} {'epoch':>7}  st
 class ProgressPrinter(Callback):
     """Prints trial, params, mIoU, epoch and status whenever a trial reports or ends."""
 
-    def __init__(self):
+    def setup(self, **info) -> None:
         self.started = time.monotonic()
         self.header_shown = False
 

@@ -45,7 +45,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     target.add_argument("--space", type=Path, help="space file (YAML) of a new search")
     target.add_argument("--resume", type=Path, metavar="DIR", help="experiment folder of a search to continue")
     parser.add_argument("--name", help="experiment name (default: the space file's stem)")
-    parser.add_argument("--storage", default="runs", help="where experiments live: a folder, or any URI Ray accepts")
+    parser.add_argument("--storage", default="runs", help="folder of experiments; shared by all nodes on a cluster")
     parser.add_argument("--num-samples", type=int, help="override search.num_samples")
     parser.add_argument("--address", help="address of an existing Ray cluster ('auto' to find one)")
     args = parser.parse_args(argv)
@@ -57,8 +57,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def storage_path(storage: str) -> str:
-    """Ray needs absolute local paths; URIs (s3://, gs://, ...) pass as they are."""
-    return storage if "://" in storage else str(Path(storage).resolve())
+    """The absolute path of a local or shared folder (what Ray and the experiment's own files need)."""
+    if "://" in storage:
+        raise InputError(f"--storage {storage}: URIs are not supported yet; use a folder every node can see (e.g. NFS)")
+    return str(Path(storage).resolve())
 
 
 def check_inputs(space: Space) -> None:
