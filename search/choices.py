@@ -29,11 +29,17 @@ def resolve_choices(space: Space, teacher: nn.Module | None = None) -> PolicyCho
         field = f"{space.path}: policy.groups[{i}]"
         missing = unmatched_patterns(named, group.layers)
         if missing:
-            raise InputError(f"{field}.layers: pattern {missing[0]!r} selects no conv of {space.teacher.arch}")
+            raise InputError(
+                f"{field}.layers: expected glob patterns that each select a conv of {space.teacher.arch} "
+                f"(python -m trainable.inspect --teacher {space.teacher.arch} lists them), got {missing[0]!r}, which selects none"
+            )
         layers = select(named, group.layers)
         for layer in layers:
             if layer in owner:
-                raise InputError(f"{field}.layers: {layer} is already chosen by policy.groups[{owner[layer]}]")
+                raise InputError(
+                    f"{field}.layers: expected each layer in one group only, got {layer}, "
+                    f"which policy.groups[{owner[layer]}] selects too"
+                )
             owner[layer] = i
             table[layer] = {"keep": op_params(named[layer], "keep")}
             for op in group.ops:
@@ -42,7 +48,9 @@ def resolve_choices(space: Space, teacher: nn.Module | None = None) -> PolicyCho
                 try:
                     check_op(named[layer], op)
                 except InputError as err:
-                    raise InputError(f"{field}.ops: {err} (layer {layer})") from None
+                    raise InputError(
+                        f"{field}.ops: expected ops that fit every selected layer, got {err} (layer {layer})"
+                    ) from None
                 table[layer][op] = op_params(named[layer], op)
         if group.per_layer:
             choices += [Choice(layer, (layer,), group.ops) for layer in layers]
@@ -55,10 +63,11 @@ def resolve_choices(space: Space, teacher: nn.Module | None = None) -> PolicyCho
     ]
     limits = [x for x in limits if x is not None]
     result = PolicyChoices(tuple(choices), teacher_params, table, min(limits) if limits else None)
-    cheapest = {c.key: min(c.ops, key=lambda op: sum(table[layer][op] for layer in c.layers)) for c in choices}
-    if not result.feasible(result.policy(cheapest)):
+    cheapest = result.policy({c.key: min(c.ops, key=lambda op: sum(table[layer][op] for layer in c.layers)) for c in choices})
+    if not result.feasible(cheapest):
+        least = result.params(cheapest)
         raise InputError(
-            f"{space.path}: policy.budget: no policy fits: the cheapest has {result.params(result.policy(cheapest)):,} "
-            f"params, the budget is {result.max_params:,}"
+            f"{space.path}: policy.budget: expected a budget the cheapest policy meets ({least:,} params, "
+            f"{least / teacher_params:.3f} of the teacher), got {result.max_params:,} params"
         )
     return result

@@ -1,13 +1,15 @@
 """Search-space files: YAML validated strictly into typed objects at the edge.
 
-Every error is an InputError of one line: `<file>: <field>: expected <what>, got <value>`.
+Every error is an InputError of one line naming the file and the field:
+`<file>: <section.field>: expected <what>, got <value>`; an unknown field, a missing one and a file
+that is not YAML say so in the same shape. Paths inside a space are relative to the current folder.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import yaml
 
@@ -15,6 +17,7 @@ from data.errors import InputError
 from trainable import models
 from trainable.config import DataSettings, DistillSettings, TeacherSettings
 from trainable.evaluate import EvalSettings
+from trainable.ops import parse_op
 
 SECTIONS = ("teacher", "data", "policy", "distill", "search")
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
@@ -26,7 +29,7 @@ FIXED_ONLY = ("epochs", "steps_per_epoch", "seed")
 
 @dataclass(frozen=True)
 class Distribution:
-    """A searched setting: `kind` in DISTRIBUTIONS over `bounds` (or `values` for choice), with a default."""
+    """A searched setting: `kind` in DISTRIBUTIONS; `values` is (low, high), or the options of a choice."""
 
     kind: str
     values: tuple
@@ -92,263 +95,336 @@ class Space:
         return self.path.stem
 
 
-class _Reader:
-    """Typed field access over one section of the YAML, with errors that name file and field."""
+# ---- rules: what one value must be, as a test and the words that say it -------------------------
 
-    def __init__(self, path: Path, prefix: str, raw: Any, allowed: tuple[str, ...]):
-        self.path, self.prefix = path, prefix
+
+@dataclass(frozen=True)
+class _Rule:
+    expected: str
+    ok: Callable[[Any], bool]
+    kind: Literal["int", "float", "text", "other"] = "other"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _nullable(rule: _Rule) -> _Rule:
+    return _Rule(f"{rule.expected} or null", lambda v: v is None or rule.ok(v), rule.kind)
+
+
+def _int(low: int) -> _Rule:
+    return _Rule(f"an integer >= {low}", lambda v: _is_int(v) and v >= low, "int")
+
+
+def _num(low: float, strict: bool = False, high: float | None = None) -> _Rule:
+    words = f"a number {'>' if strict else '>='} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+    return _Rule(
+        words, lambda v: _is_number(v) and (v > low if strict else v >= low) and (high is None or v <= high), "float"
+    )
+
+
+def _text(*choices: str) -> _Rule:
+    if choices:
+        return _Rule(f"one of {', '.join(choices)}", lambda v: v in choices, "text")
+    return _Rule("a non-empty string", lambda v: isinstance(v, str) and bool(v), "text")
+
+
+_FLAG = _Rule("true or false", lambda v: isinstance(v, bool))
+_PATH = _Rule("a path", lambda v: isinstance(v, str) and bool(v), "text")
+
+
+def _list(item: _Rule, length: int | None = None, ordered: bool = False, distinct: bool = False) -> _Rule:
+    """A non-empty list of values matching `item`: of `length`, non-decreasing if `ordered`, no repeats if `distinct`."""
+    size = f"a list of {length}" if length else "a non-empty list of"
+    words = f"{size} values, each {item.expected}" + (", low <= high" if ordered else "") + (", no repeats" if distinct else "")
+
+    def ok(v: Any) -> bool:
+        return (
+            isinstance(v, list) and bool(v) and (length is None or len(v) == length) and all(item.ok(x) for x in v)
+            and (not ordered or all(a <= b for a, b in zip(v, v[1:])))
+            and (not distinct or len(set(map(repr, v))) == len(v))
+        )
+
+    return _Rule(words, ok)
+
+
+def _is_op(v: Any) -> bool:
+    try:
+        parse_op(v)
+    except InputError:
+        return False
+    return True
+
+
+_OP = _Rule("an op (keep, dws, group<g>, bottleneck<b>, lowrank<r>)", _is_op, "text")
+
+# ---- sections ----------------------------------------------------------------------------------
+
+_MISSING = object()
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _Section:
+    """One mapping of the file: reads typed fields; every error names the file and the dotted field."""
+
+    def __init__(self, path: Path, name: str, raw: Any, fields: tuple[str, ...]):
+        self.path, self.name = path, name
         if not isinstance(raw, Mapping):
-            self.fail("", "a mapping", raw)
-        unknown = [k for k in raw if k not in allowed]
+            raise self.error("", f"a mapping with the fields {', '.join(fields)}", raw)
+        unknown = [key for key in raw if key not in fields]
         if unknown:
-            self.fail(str(unknown[0]), f"no such field (allowed: {', '.join(allowed)})", raw[unknown[0]], unknown=True)
+            raise InputError(f"{path}: {self.where(unknown[0])}: unknown field; expected one of {', '.join(fields)}")
         self.raw = raw
 
-    def field(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if name else self.prefix
+    def where(self, key: Any) -> str:
+        return ".".join(str(part) for part in (self.name, key) if part != "") or "(top level)"
 
-    def fail(self, name: str, expected: str, got: Any, unknown: bool = False) -> None:
-        if unknown:
-            raise InputError(f"{self.path}: {self.field(name)}: {expected}")
-        raise InputError(f"{self.path}: {self.field(name)}: expected {expected}, got {got!r}")
+    def error(self, key: Any, expected: str, got: Any) -> InputError:
+        return InputError(f"{self.path}: {self.where(key)}: expected {expected}, got {_show(got)}")
 
-    def has(self, name: str) -> bool:
-        return name in self.raw
-
-    def get(self, name: str, kind: type | tuple[type, ...], expected: str, default: Any = ..., check=None) -> Any:
-        if name not in self.raw:
-            if default is ...:
-                raise InputError(f"{self.path}: {self.field(name)}: missing (expected {expected})")
+    def get(self, key: str, rule: _Rule, default: Any = _MISSING) -> Any:
+        if key not in self.raw:
+            if default is _MISSING:
+                raise InputError(f"{self.path}: {self.where(key)}: missing; expected {rule.expected}")
             return default
-        value = self.raw[name]
-        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-            self.fail(name, expected, value)
-        if not isinstance(value, kind) or (check is not None and not check(value)):
-            self.fail(name, expected, value)
+        value = self.raw[key]
+        if not rule.ok(value):
+            raise self.error(key, rule.expected, value)
         return value
 
-    def number(self, name: str, default: Any = ..., positive: bool = False, low: float | None = None) -> float | None:
-        def ok(v: float) -> bool:
-            return math.isfinite(v) and (not positive or v > 0) and (low is None or v >= low)
-
-        bound = " > 0" if positive else (f" >= {low}" if low is not None else "")
-        value = self.get(name, (int, float), f"a number{bound}", default, ok)
-        return None if value is None else float(value)
-
-    def integer(self, name: str, default: Any = ..., low: int = 0) -> int:
-        return self.get(name, int, f"an integer >= {low}", default, lambda v: v >= low)
-
-    def text(self, name: str, default: Any = ..., choices: tuple[str, ...] | None = None) -> str:
-        expected = f"one of {', '.join(choices)}" if choices else "a string"
-        return self.get(name, str, expected, default, (lambda v: v in choices) if choices else None)
-
-    def pair(self, name: str, kind: type, default: Any = ...) -> tuple:
-        value = self.get(name, list, f"a list of two {kind.__name__}s", default,
-                         lambda v: len(v) == 2 and all(isinstance(x, kind) and not isinstance(x, bool) and x > 0 for x in v))
-        return tuple(kind(x) for x in value)
-
-    def section(self, name: str, allowed: tuple[str, ...], default: Any = ...) -> "_Reader | None":
-        if name not in self.raw:
-            if default is ...:
-                raise InputError(f"{self.path}: {self.field(name)}: missing section")
-            return default
-        return _Reader(self.path, self.field(name), self.raw[name], allowed)
+    def section(self, key: str, fields: tuple[str, ...], optional: bool = False) -> _Section | None:
+        if key not in self.raw:
+            if optional:
+                return None
+            raise InputError(
+                f"{self.path}: {self.where(key)}: missing section; expected a mapping with the fields {', '.join(fields)}"
+            )
+        return _Section(self.path, self.where(key), self.raw[key], fields)
 
 
-def _resolve(base: Path, value: str) -> Path:
+def _resolve(value: str) -> Path:
     path = Path(value)
-    return path if path.is_absolute() else base / path
+    return path if path.is_absolute() else Path.cwd() / path
 
 
-def _teacher(r: _Reader, base: Path) -> tuple[TeacherSettings, TeacherTraining | None]:
-    arch = r.text("arch", choices=tuple(models.archs()))
-    checkpoint = r.get("checkpoint", str, "a path", None)
-    training = r.section("train", ("epochs", "lr", "batch_size"), None)
-    if checkpoint is None and training is None:
-        r.fail("checkpoint", "a path (absent only with a teacher.train section)", None)
+def _teacher(s: _Section) -> tuple[TeacherSettings, TeacherTraining | None]:
     teacher = TeacherSettings(
-        arch=arch,
-        num_classes=r.integer("num_classes", 19, low=1),
-        width=r.number("width", 1.0, positive=True),
-        checkpoint=_resolve(base, checkpoint) if checkpoint else None,
+        arch=s.get("arch", _text(*models.archs())),
+        num_classes=s.get("num_classes", _int(1), 19),
+        width=float(s.get("width", _num(0, strict=True), 1.0)),
+        checkpoint=_resolve(s.get("checkpoint", _PATH)),
     )
-    if training is None:
+    t = s.section("train", ("epochs", "lr", "batch_size"), optional=True)
+    if t is None:
         return teacher, None
     return teacher, TeacherTraining(
-        epochs=training.integer("epochs", 10, low=1),
-        lr=training.number("lr", 1e-3, positive=True),
-        batch_size=training.integer("batch_size", 8, low=1),
+        epochs=t.get("epochs", _int(1), 10),
+        lr=float(t.get("lr", _num(0, strict=True), 1e-3)),
+        batch_size=t.get("batch_size", _int(1), 8),
     )
 
 
-def _data(r: _Reader, base: Path) -> DataSettings:
-    r.text("dataset", "cityscapes", choices=("cityscapes",))
-    unlabeled = r.get("unlabeled", list, "a non-empty list of folders under root", ["leftImg8bit/train"],
-                      lambda v: bool(v) and all(isinstance(x, str) for x in v))
-    mode = r.text("eval", "whole", choices=("whole", "sliding"))
+def _data(s: _Section) -> DataSettings:
+    s.get("dataset", _text("cityscapes"), "cityscapes")
     return DataSettings(
-        root=_resolve(base, r.text("root")),
-        unlabeled=tuple(unlabeled),
-        train=r.text("train", "train"),
-        val=r.text("val", "val"),
-        crop=r.pair("crop", int),
-        scale=r.pair("scale", float, (0.5, 2.0)),
-        batch_size=r.integer("batch_size", 2, low=1),
-        workers=r.integer("workers", 0, low=0),
+        root=_resolve(s.get("root", _PATH)),
+        unlabeled=tuple(s.get("unlabeled", _list(_PATH), ["leftImg8bit/train"])),
+        train=s.get("train", _text(), "train"),
+        val=s.get("val", _text(), "val"),
+        crop=tuple(s.get("crop", _list(_int(1), length=2))),
+        scale=tuple(float(x) for x in s.get("scale", _list(_num(0, strict=True), length=2, ordered=True), [0.5, 2.0])),
+        batch_size=s.get("batch_size", _int(1), 2),
+        workers=s.get("workers", _int(0), 0),
         eval=EvalSettings(
-            mode=mode,
-            crop=r.integer("eval_crop", 1024, low=1),
-            flip=r.get("eval_flip", bool, "true or false", False),
-            scales=tuple(float(s) for s in r.get("eval_scales", list, "a list of positive numbers", [1.0],
-                                                  lambda v: bool(v) and all(isinstance(s, (int, float)) and s > 0 for s in v))),
+            mode=s.get("eval", _text("whole", "sliding"), "whole"),
+            crop=s.get("eval_crop", _int(1), 1024),
+            flip=s.get("eval_flip", _FLAG, False),
+            scales=tuple(float(x) for x in s.get("eval_scales", _list(_num(0, strict=True)), [1.0])),
         ),
-        max_val_images=r.integer("max_val_images", None, low=1),
+        max_val_images=s.get("max_val_images", _nullable(_int(1)), None),
     )
 
 
-def _policy(r: _Reader) -> PolicySpace:
-    raw_groups = r.get("groups", list, "a non-empty list of {layers, ops, per_layer}", check=bool)
+def _policy(s: _Section) -> PolicySpace:
+    some = _Rule("a non-empty list of {layers, ops, per_layer}", lambda v: isinstance(v, list) and bool(v))
+    raw_groups = s.get("groups", some)
     groups = []
     for i, raw in enumerate(raw_groups):
-        g = _Reader(r.path, f"{r.prefix}.groups[{i}]", raw, ("layers", "ops", "per_layer"))
-        layers = g.get("layers", list, "a non-empty list of glob patterns", check=lambda v: bool(v) and all(isinstance(x, str) for x in v))
-        ops = g.get("ops", list, "a non-empty list of ops", check=lambda v: bool(v) and all(isinstance(x, str) for x in v))
-        groups.append(LayerGroup(tuple(layers), tuple(ops), g.get("per_layer", bool, "true or false", False)))
-    budget = r.section("budget", ("max_param_ratio", "max_params"), None)
-    ratio = budget.number("max_param_ratio", None, positive=True) if budget else None
-    absolute = budget.integer("max_params", None, low=1) if budget else None
-    return PolicySpace(tuple(groups), ratio, absolute)
-
-
-def _distribution(r: _Reader, name: str, raw: Mapping) -> Distribution:
-    d = _Reader(r.path, r.field(name), raw, DISTRIBUTIONS + ("default",))
-    kinds = [k for k in DISTRIBUTIONS if k in raw]
-    if len(kinds) != 1:
-        d.fail("", f"exactly one of {', '.join(DISTRIBUTIONS)} (with an optional default)", dict(raw))
-    kind = kinds[0]
-    if kind == "choice":
-        values = d.get("choice", list, "a non-empty list", check=bool)
-    else:
-        numeric = int if kind == "int" else (int, float)
-        values = d.get(kind, list, f"[low, high] with low < high{' and low > 0' if kind == 'loguniform' else ''}",
-                       check=lambda v: len(v) == 2 and all(isinstance(x, numeric) and not isinstance(x, bool) for x in v)
-                       and v[0] < v[1] and (kind != "loguniform" or v[0] > 0))
-    default = raw.get("default", values[0] if kind == "choice" else None)
-    if default is not None and kind == "choice" and default not in values:
-        d.fail("default", f"one of {values}", default)
-    if default is not None and kind != "choice" and not values[0] <= default <= values[1]:
-        d.fail("default", f"a value within {values}", default)
-    return Distribution(kind, tuple(values), default)
-
-
-def _number(low: float, integer: bool = False, optional: bool = False):
-    def check(v: Any) -> bool:
-        if v is None:
-            return optional
-        kinds = (int,) if integer else (int, float)
-        return isinstance(v, kinds) and not isinstance(v, bool) and math.isfinite(v) and v >= low
-    return check, f"{'an integer' if integer else 'a number'} >= {low}{' or null' if optional else ''}"
-
-
-def _one_of(*choices: str):
-    return (lambda v: v in choices), f"one of {', '.join(choices)}"
+        g = _Section(s.path, f"{s.name}.groups[{i}]", raw, ("layers", "ops", "per_layer"))
+        groups.append(LayerGroup(
+            layers=tuple(g.get("layers", _list(_Rule("a glob pattern over conv names", _PATH.ok)))),
+            ops=tuple(g.get("ops", _list(_OP, distinct=True))),
+            per_layer=g.get("per_layer", _FLAG, False),
+        ))
+    budget = s.section("budget", ("max_param_ratio", "max_params"), optional=True)
+    if budget is None:
+        return PolicySpace(tuple(groups))
+    ratio = budget.get("max_param_ratio", _num(0, strict=True, high=1), None)
+    return PolicySpace(tuple(groups), None if ratio is None else float(ratio), budget.get("max_params", _int(1), None))
 
 
 # What each distillation setting accepts, fixed or as the values of a distribution.
-_DISTILL_CHECKS = {
-    "epochs": _number(1, integer=True),
-    "steps_per_epoch": _number(1, integer=True, optional=True),
-    "w_hint": _number(0),
-    "w_kd": _number(0),
-    "w_ce": _number(0),
-    "temperature": _number(1e-6),
-    "schedule": _one_of("oneshot", "progressive"),
-    "train": _one_of("plugged", "all"),
-    "optimizer": _one_of("adamw", "sgd"),
-    "lr": _number(1e-12),
-    "weight_decay": _number(0),
-    "momentum": _number(0),
-    "lr_schedule": _one_of("cosine", "poly"),
-    "warmup_steps": _number(0, integer=True),
-    "accumulate": _number(1, integer=True),
-    "seed": _number(0, integer=True),
+_DISTILL = {
+    "epochs": _int(1),
+    "steps_per_epoch": _nullable(_int(1)),
+    "w_hint": _num(0),
+    "w_kd": _num(0),
+    "w_ce": _num(0),
+    "temperature": _num(0, strict=True),
+    "schedule": _text("oneshot", "progressive"),
+    "train": _text("plugged", "all"),
+    "optimizer": _text("adamw", "sgd"),
+    "lr": _num(0, strict=True),
+    "weight_decay": _num(0),
+    "momentum": _num(0),
+    "lr_schedule": _text("cosine", "poly"),
+    "warmup_steps": _int(0),
+    "accumulate": _int(1),
+    "seed": _int(0),
 }
+# The distributions that can search a setting of each kind (a float setting may take integer values).
+_SEARCHABLE = {"float": DISTRIBUTIONS, "int": ("int", "choice"), "text": ("choice",)}
 
 
-def _distill(r: _Reader) -> tuple[DistillSettings, dict[str, Distribution]]:
+def _distribution(s: _Section, key: str, rule: _Rule) -> Distribution:
+    allowed = _SEARCHABLE[rule.kind]
+    raw = s.raw[key]
+    kinds = [k for k in DISTRIBUTIONS if k in raw]
+    if key in FIXED_ONLY or len(kinds) != 1 or kinds[0] not in allowed:
+        searched = "" if key in FIXED_ONLY else f", or {{{' | '.join(allowed)}: ..., default: ...}} to search it"
+        raise s.error(key, f"{rule.expected}{searched}", dict(raw))
+    d = _Section(s.path, s.where(key), raw, (kinds[0], "default"))
+    kind = kinds[0]
+    if kind == "choice":
+        values = tuple(d.get("choice", _list(rule, distinct=True)))
+        default = d.get("default", _Rule(f"one of {list(values)}", lambda v: rule.ok(v) and v in values), values[0])
+        return Distribution(kind, values, default)
+    both = _Rule(f"{rule.expected} and an integer", lambda v: rule.ok(v) and _is_int(v)) if kind == "int" else rule
+    log = kind == "loguniform"
+    pair = _Rule(
+        f"[low, high] with low < high{', low > 0' if log else ''}, each {both.expected}",
+        lambda v: isinstance(v, list) and len(v) == 2 and all(both.ok(x) for x in v) and v[0] < v[1] and (not log or v[0] > 0),
+    )
+    low, high = d.get(kind, pair)
+    within = _Rule(f"{both.expected} within [{low}, {high}]", lambda v: both.ok(v) and low <= v <= high)
+    default = d.get("default", within, None)
+    return Distribution(kind, (low, high), default)
+
+
+def _distill(s: _Section) -> tuple[DistillSettings, dict[str, Distribution]]:
     fixed: dict[str, Any] = {}
     searched: dict[str, Distribution] = {}
-    for name, raw in r.raw.items():
-        check, expected = _DISTILL_CHECKS[name]
-        if isinstance(raw, Mapping):
-            if name in FIXED_ONLY:
-                r.fail(name, "a fixed value (it cannot be searched)", dict(raw))
-            dist = _distribution(r, name, raw)
-            values = dist.values if dist.kind == "choice" else dist.values + ((dist.default,) if dist.default is not None else ())
-            for value in values:
-                if not check(value):
-                    r.fail(name, f"values that are each {expected}", list(dist.values))
-            searched[name] = dist
-            if dist.default is not None:
-                fixed[name] = dist.default
-        elif not check(raw):
-            r.fail(name, expected, raw)
+    for key, rule in _DISTILL.items():
+        if key not in s.raw:
+            continue
+        if isinstance(s.raw[key], Mapping):
+            searched[key] = _distribution(s, key, rule)
+            if searched[key].default is not None:
+                fixed[key] = searched[key].default
         else:
-            fixed[name] = raw
+            fixed[key] = s.get(key, rule)
     return replace(DistillSettings(), **fixed), searched
 
 
-def _search(r: _Reader) -> SearchSettings:
-    scheduler = r.get("scheduler", (str, dict), "none or {asha: {grace_period, reduction_factor, max_t}}", "none")
-    asha: AshaSettings | None = None
-    if scheduler != "none":
-        if not isinstance(scheduler, dict) or list(scheduler) != ["asha"]:
-            r.fail("scheduler", "none or {asha: {grace_period, reduction_factor, max_t}}", scheduler)
-        a = _Reader(r.path, "search.scheduler.asha", scheduler["asha"] or {}, ("grace_period", "reduction_factor", "max_t"))
-        asha = AshaSettings(a.integer("grace_period", 1, low=1), a.integer("reduction_factor", 3, low=2), a.integer("max_t", None, low=1))
-    resources = r.section("resources", ("cpu", "gpu"), None)
-    return SearchSettings(
-        num_samples=r.integer("num_samples", 16, low=1),
-        searcher=r.text("searcher", "tpe", choices=SEARCHERS),
-        asha=asha,
-        score=r.text("score", "miou", choices=SCORES),
-        cpu=resources.number("cpu", 1.0, positive=True) if resources else 1.0,
-        gpu=resources.number("gpu", 0.0, low=0) if resources else 0.0,
-        max_concurrent=r.integer("max_concurrent", 1, low=1),
-        seed=r.integer("seed", 0),
-        retrain_epochs=r.integer("retrain_epochs", None, low=1),
+_ASHA = "none or {asha: {grace_period, reduction_factor, max_t}}"
+
+
+def _asha(s: _Section, epochs: int) -> AshaSettings | None:
+    scheduler = s.raw.get("scheduler", "none")
+    if scheduler in ("none", None):
+        return None
+    if not isinstance(scheduler, Mapping) or list(scheduler) != ["asha"]:
+        raise s.error("scheduler", _ASHA, scheduler)
+    raw = {} if scheduler["asha"] is None else scheduler["asha"]
+    a = _Section(s.path, "search.scheduler.asha", raw, ("grace_period", "reduction_factor", "max_t"))
+    max_t = a.get("max_t", _nullable(_int(1)), None)
+    limit = f"max_t ({max_t})" if max_t is not None else f"distill.epochs ({epochs})"
+    last = max_t if max_t is not None else epochs
+    grace = _Rule(f"an integer >= 1 and <= {limit}", lambda v: _is_int(v) and 1 <= v <= last)
+    return AshaSettings(
+        grace_period=a.get("grace_period", grace, 1),
+        reduction_factor=a.get("reduction_factor", _int(2), 3),
+        max_t=max_t,
     )
 
 
-def load_space(path: str | Path) -> Space:
-    """Read and validate a space file; paths inside it are relative to the current folder."""
-    path = Path(path)
+def _search(s: _Section, epochs: int) -> SearchSettings:
+    resources = s.section("resources", ("cpu", "gpu"), optional=True)
+    return SearchSettings(
+        num_samples=s.get("num_samples", _int(1), 16),
+        searcher=s.get("searcher", _text(*SEARCHERS), "tpe"),
+        asha=_asha(s, epochs),
+        score=s.get("score", _text(*SCORES), "miou"),
+        cpu=float(resources.get("cpu", _num(0, strict=True), 1.0)) if resources else 1.0,
+        gpu=float(resources.get("gpu", _num(0), 0.0)) if resources else 0.0,
+        max_concurrent=s.get("max_concurrent", _int(1), 1),
+        seed=s.get("seed", _int(0), 0),
+        retrain_epochs=s.get("retrain_epochs", _nullable(_int(1)), None),
+    )
+
+
+_FIELDS = {
+    "teacher": ("arch", "num_classes", "width", "checkpoint", "train"),
+    "data": ("dataset", "root", "unlabeled", "train", "val", "crop", "scale", "batch_size", "workers",
+             "eval", "eval_crop", "eval_flip", "eval_scales", "max_val_images"),
+    "policy": ("groups", "budget"),
+    "distill": tuple(_DISTILL),
+    "search": ("num_samples", "searcher", "scheduler", "score", "resources", "max_concurrent", "seed", "retrain_epochs"),
+}
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a field given twice in one mapping (safe_load silently keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[str] = set()
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if key.value in seen:
+                    raise yaml.MarkedYAMLError(problem=f"field {key.value!r} given twice", problem_mark=key.start_mark)
+                seen.add(key.value)
+        return super().construct_mapping(node, deep)
+
+
+def _read(path: Path) -> Any:
+    expected = f"expected a YAML mapping with the sections {', '.join(SECTIONS)}"
     if not path.is_file():
-        raise InputError(f"{path}: space file not found")
+        raise InputError(f"{path}: {'not a file' if path.exists() else 'no such file'}; {expected}")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
+        raw = yaml.load(path.read_bytes(), Loader=_StrictLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise InputError(f"{path}: {where}not valid YAML ({problem}); {expected}") from None
     if raw is None:
-        raise InputError(f"{path}: empty file (expected the sections {', '.join(SECTIONS)})")
-    top = _Reader(path, "", raw, SECTIONS)
-    top.prefix = "(top level)"
-    for section in SECTIONS:
-        if section not in raw:
-            raise InputError(f"{path}: {section}: missing section")
-    base = Path.cwd()
-    teacher, training = _teacher(_Reader(path, "teacher", raw["teacher"], ("arch", "num_classes", "width", "checkpoint", "train")), base)
-    distill, searched = _distill(_Reader(path, "distill", raw["distill"], tuple(_DISTILL_CHECKS)))
+        raise InputError(f"{path}: empty file; {expected}")
+    return raw
+
+
+def load_space(path: str | Path) -> Space:
+    """Read and validate a space file; InputError (one line: file, field, what was expected) on any fault."""
+    path = Path(path)
+    top = _Section(path, "", _read(path), SECTIONS)
+    sections = {name: top.section(name, _FIELDS[name]) for name in SECTIONS}
+    teacher, training = _teacher(sections["teacher"])
+    distill, searched = _distill(sections["distill"])
     return Space(
         path=path,
         teacher=teacher,
         teacher_training=training,
-        data=_data(_Reader(path, "data", raw["data"], (
-            "dataset", "root", "unlabeled", "train", "val", "crop", "scale", "batch_size", "workers",
-            "eval", "eval_crop", "eval_flip", "eval_scales", "max_val_images")), base),
-        policy=_policy(_Reader(path, "policy", raw["policy"], ("groups", "budget"))),
+        data=_data(sections["data"]),
+        policy=_policy(sections["policy"]),
         distill=distill,
         searched=searched,
-        search=_search(_Reader(path, "search", raw["search"], (
-            "num_samples", "searcher", "scheduler", "score", "resources", "max_concurrent", "seed", "retrain_epochs"))),
+        search=_search(sections["search"], distill.epochs),
     )

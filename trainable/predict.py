@@ -9,8 +9,8 @@ Each `<images>/<rel>/<name>.<ext>` becomes `<out>/<rel>/<name>.png`, which
 from __future__ import annotations
 
 import argparse
+import math
 import os
-import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -79,13 +79,12 @@ def output_paths(images: Path, out: Path) -> list[tuple[Path, Path]]:
 def write_png(label_ids: np.ndarray, path: Path) -> None:
     """Save a uint8 (H, W) array as a one-channel PNG: temp file in the same folder, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
-            Image.fromarray(label_ids).save(handle, format="PNG")
+        Image.fromarray(label_ids).save(tmp, format="PNG")
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -105,7 +104,7 @@ def predict_folder(
 ) -> float:
     """Write one labelIds PNG per `(input, output)` pair (see `output_paths`), logging progress; returns images/s."""
     total = len(pairs)
-    every = max(1, total // 10)
+    every = max(1, math.ceil(total / 10))
     start = time.perf_counter()
     for done, (source, target) in enumerate(pairs, start=1):
         write_png(predict_label_ids(model, open_rgb(source), settings, device), target)

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -11,6 +9,7 @@ import torch
 from torch import nn
 
 from data.errors import InputError
+from trainable.checkpoint import read_file, save_atomic
 from trainable.inventory import convs
 from trainable.models import build
 from trainable.ops import check_op, make_op
@@ -52,18 +51,8 @@ def apply_policy(teacher: nn.Module, policy: Mapping[str, str]) -> nn.Module:
 def save_student(
     path: str | Path, student: nn.Module, arch: str, arch_args: dict[str, Any], policy: Mapping[str, str]
 ) -> None:
-    """Write a whole student (it rebuilds alone from the zoo) atomically: temp file in the same folder, then rename."""
-    path = Path(path)
-    payload = {"arch": arch, "arch_args": dict(arch_args), "policy": dict(policy), "state_dict": student.state_dict()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a whole student (it rebuilds alone from the zoo) atomically."""
+    save_atomic({"arch": arch, "arch_args": dict(arch_args), "policy": dict(policy), "state_dict": student.state_dict()}, path)
 
 
 def load_student(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -71,10 +60,7 @@ def load_student(path: str | Path, map_location: str | torch.device = "cpu") -> 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: student file not found")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise InputError(f"{path}: not a readable student checkpoint ({type(err).__name__})") from None
+    payload = read_file(path)
     if not isinstance(payload, dict) or any(key not in payload for key in _STUDENT_KEYS):
         raise InputError(f"{path}: not a student file, expected the keys {', '.join(_STUDENT_KEYS)}")
     meta = {key: payload[key] for key in _STUDENT_KEYS[:3]}
