@@ -401,6 +401,8 @@ def _read(path: Path) -> Any:
         raise InputError(f"{path}: {'not a file' if path.exists() else 'no such file'}; {expected}")
     try:
         raw = yaml.load(path.read_bytes(), Loader=_StrictLoader)
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err.strerror}); {expected}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
