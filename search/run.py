@@ -68,6 +68,8 @@ def check_inputs(space: Space) -> None:
     if space.teacher.checkpoint is None or not space.teacher.checkpoint.is_file():
         hint = f"; train it with: python search/teacher.py --space {space.path}" if space.teacher_training else ""
         raise InputError(f"{space.path}: teacher.checkpoint: file {space.teacher.checkpoint} not found{hint}")
+    if not space.data.root.is_dir():
+        raise InputError(f"{space.path}: data.root: expected an existing folder, got {space.data.root} (no such folder)")
     unlabeled_set(space.data)
     val_loader(space.data)
 
