@@ -74,13 +74,22 @@ def check_inputs(space: Space) -> None:
     val_loader(space.data)
 
 
-def init_ray(address: str | None, space: Space) -> None:
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    if space.search.gpu > 0 and ray.cluster_resources().get("GPU", 0) < space.search.gpu:
+def check_gpus(space: Space, available: float, where: str) -> None:
+    """A trial asking for more GPUs than exist would wait forever: refuse the space instead."""
+    if space.search.gpu > available:
         raise InputError(
-            f"{space.path}: search.resources.gpu: {space.search.gpu} GPU per trial, but the Ray cluster has "
-            f"{ray.cluster_resources().get('GPU', 0):g} GPUs (set gpu: 0 to run on CPUs)"
+            f"{space.path}: search.resources.gpu: expected at most the {available:g} GPUs {where} has "
+            f"(set gpu: 0 to run on CPUs), got {space.search.gpu:g} per trial"
         )
+
+
+def init_ray(address: str | None, space: Space) -> None:
+    if address is None:
+        import torch
+
+        check_gpus(space, torch.cuda.device_count(), "this machine")
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    check_gpus(space, ray.cluster_resources().get("GPU", 0), "the Ray cluster")
 
 
 def teacher_summary(space: Space, experiment: Path) -> tuple[object, dict]:

@@ -194,3 +194,15 @@ def test_search_on_a_two_node_cluster_uses_both_nodes(workspace):
         nodes |= {json.loads(line)["node_id"] for line in result.read_text().splitlines()}
     assert len(nodes) == 2
     assert len(pd.read_parquet(experiment / "trials.parquet")) == 4
+
+
+def test_gpu_trials_are_refused_on_a_cluster_without_gpus(workspace):
+    space = workspace["tmp"] / "gpu.yaml"
+    raw = tiny_space(workspace["tmp"], workspace["tmp"] / "data", workspace["tmp"] / "teacher.pt")
+    raw["search"]["resources"] = {"cpu": 1, "gpu": 1}
+    space.write_text(yaml.safe_dump(raw))
+    done = subprocess.run(command("--space", str(space), "--storage", str(workspace["storage"])),
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: {space}: search.resources.gpu:") and done.stderr.count("\n") == 1
+    assert "at most the 0 GPUs this machine has" in done.stderr
