@@ -211,6 +211,10 @@ class _Section:
         return _Section(self.path, self.where(key), self.raw[key], fields)
 
 
+# Distillation runs on Cityscapes-layout data and is scored by mIoU: a space's teacher is a segmenter.
+SEGMENTATION_ARCHS = tuple(a for a in models.archs() if models.info(a).task == "segmentation")
+
+
 def _resolve(value: str) -> Path:
     path = Path(value)
     return path if path.is_absolute() else Path.cwd() / path
@@ -218,7 +222,7 @@ def _resolve(value: str) -> Path:
 
 def _teacher(s: _Section) -> tuple[TeacherSettings, TeacherTraining | None]:
     teacher = TeacherSettings(
-        arch=s.get("arch", _text(*models.archs())),
+        arch=s.get("arch", _text(*SEGMENTATION_ARCHS)),
         num_classes=s.get("num_classes", _int(1), 19),
         width=float(s.get("width", _num(0, strict=True), 1.0)),
         checkpoint=_resolve(s.get("checkpoint", _PATH)),

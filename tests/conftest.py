@@ -49,8 +49,8 @@ def trained_teacher(tmp_path_factory, data_settings) -> TrainedTeacher:
     """A narrow DeepWV3Plus trained (supervised) on the synthetic train split for about half a minute."""
     path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
     settings = TeacherSettings("deepwv3plus", num_classes=19, width=TEACHER_WIDTH, checkpoint=path)
-    model = settings.build(load=False).train().requires_grad_(True)
     torch.manual_seed(0)
+    model = settings.build(load=False).train().requires_grad_(True)
     miou = train_supervised(model, data_settings, epochs=40, lr=1e-2, batch_size=8, num_classes=19,
                             device=torch.device("cpu"), log=lambda line: None)
     save_atomic(model.state_dict(), path)

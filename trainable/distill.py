@@ -135,13 +135,9 @@ class Distillation:
 
         self._teacher_out: dict[str, Tensor] = {}
         self._student_out: dict[str, Tensor] = {}
-        self._hooks = [
-            self.teacher.get_submodule(n).register_forward_hook(self._recorder(self._teacher_out, n)) for n in self.plugged
-        ] + [self.student.get_submodule(n).register_forward_hook(self._recorder(self._student_out, n)) for n in self.plugged]
+        for name in self.plugged:
+            self.student.get_submodule(name).register_forward_hook(self._recorder(self._student_out, name))
         self.prefix = self._find_prefix()
-        self._prefix_hooks = [
-            self.teacher.get_submodule(n).register_forward_hook(self._recorder(self._teacher_out, n)) for n in self.prefix
-        ]
 
     # --- set-up -----------------------------------------------------------------------------------
     def _configure_trainable(self) -> None:
@@ -198,18 +194,28 @@ class Distillation:
 
     @contextlib.contextmanager
     def _training_mode(self, active: list[str]) -> Iterator[None]:
-        """Student in train mode (all frozen when only plugged layers train), frozen prefix replayed."""
+        """Student in train mode (all frozen when only plugged layers train), frozen prefix replayed.
+
+        The teacher's recording hooks live only inside this context: a teacher shared by several
+        runs (one Ray worker, many trials) never keeps hooks of a finished run.
+        """
         self.student.train(self.settings.train == "all")
         replaced = {name: self.student.get_submodule(name) for name in self.prefix}
         for name in self.prefix:
             _set_submodule(self.student, name, _Replay(self._teacher_out, name))
+        hooks = [self.teacher.get_submodule(n).register_forward_hook(self._recorder(self._teacher_out, n))
+                 for n in self.plugged + self.prefix]
         try:
             with self._bypass(active):
                 yield
         finally:
+            for hook in hooks:
+                hook.remove()
             for name, module in replaced.items():
                 _set_submodule(self.student, name, module)
             self.student.eval()
+            self._teacher_out.clear()
+            self._student_out.clear()
 
     def _batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor | None]]:
         for step, batch in enumerate(train_loader(self.train_set, self.data, self.settings.seed * 100_003 + epoch)):
