@@ -8,15 +8,16 @@ from torch import Tensor
 
 def hint_loss(student: Tensor, teacher: Tensor) -> Tensor:
     """Mean squared error normalised by the teacher output's mean square, so layers of any scale compare."""
-    student, teacher = student.float(), teacher.float()
-    return F.mse_loss(student, teacher) / teacher.pow(2).mean().clamp_min(1e-6)
+    teacher = teacher.float()
+    return (student.float() - teacher).pow(2).mean() / teacher.pow(2).mean().clamp_min(1e-6)
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     """T² · KL(teacher ‖ student) of the softened class distributions, summed over classes, mean over pixels."""
     log_s = F.log_softmax(student_logits.float() / temperature, dim=1)
     log_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
-    return F.kl_div(log_s, log_t, log_target=True, reduction="none").sum(1).mean() * temperature**2
+    positions = log_s.numel() // log_s.shape[1]
+    return F.kl_div(log_s, log_t, log_target=True, reduction="sum") / positions * temperature**2
 
 
 def depth_weights(depths: list[int]) -> list[float]:
@@ -28,4 +29,4 @@ def depth_weights(depths: list[int]) -> list[float]:
 def agreement(student_logits: Tensor, teacher_logits: Tensor) -> float:
     """Fraction of pixels (or samples) where the student's argmax equals the teacher's."""
     with torch.no_grad():
-        return (student_logits.argmax(1) == teacher_logits.argmax(1)).float().mean().item()
+        return (student_logits.max(1).indices == teacher_logits.max(1).indices).float().mean().item()
