@@ -9,7 +9,7 @@ from torch import Tensor
 def hint_loss(student: Tensor, teacher: Tensor) -> Tensor:
     """Mean squared error normalised by the teacher output's mean square, so layers of any scale compare."""
     teacher = teacher.float()
-    return (student.float() - teacher).pow(2).mean() / teacher.pow(2).mean().clamp_min(1e-6)
+    return F.mse_loss(student.float(), teacher) / teacher.pow(2).mean().clamp_min(1e-6)
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
