@@ -5,6 +5,8 @@ import argparse
 import json
 from typing import Sequence
 
+import torch
+
 from data.errors import InputError, run_cli
 from search.space import load_space
 from trainable.config import pick_device
@@ -31,6 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if space.teacher_training is None:
         raise InputError(f"{space.path}: teacher.train: missing section (this space's teacher comes from a checkpoint)")
     training = space.teacher_training
+    torch.manual_seed(space.search.seed)  # the initial weights: the demo's teacher is the same on every machine run
     teacher = t.build(load=False).train().requires_grad_(True)
     print(f"training {t.arch} (width {t.width}) for {training.epochs} epochs on {space.data.root}", flush=True)
     miou = train_supervised(
