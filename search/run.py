@@ -19,19 +19,24 @@ os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # snapshot the experimen
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
+import numpy as np  # noqa: E402
 import ray  # noqa: E402
+import torch  # noqa: E402
 from ray import tune  # noqa: E402
 
 from data.errors import InputError, run_cli  # noqa: E402
 from search.choices import resolve_choices  # noqa: E402
 from search.progress import ProgressPrinter  # noqa: E402
 from search.results import FINISHED, write_trials  # noqa: E402
+from search.searcher import make_scheduler, make_searcher  # noqa: E402
 from search.space import Space, load_space  # noqa: E402
 from trainable.checkpoint import load_weights  # noqa: E402
+from trainable.choices import PolicyChoices  # noqa: E402
+from trainable.config import pick_device  # noqa: E402
 from trainable.evaluate import evaluate  # noqa: E402
 from trainable.inventory import count_flops, count_params  # noqa: E402
 from trainable.loaders import unlabeled_set, val_loader  # noqa: E402
-from trainable.tune_trainable import TrialSetup, distill_trial, teacher_arrays  # noqa: E402
+from trainable.tune_trainable import TrialSetup, distill_trial, shared_teacher, teacher_arrays  # noqa: E402
 
 SPACE_COPY = "space.yaml"
 TEACHER_FILE = "teacher.json"
@@ -65,7 +70,7 @@ def storage_path(storage: str) -> str:
 
 def check_inputs(space: Space) -> None:
     """Fail early, before Ray starts, on what the trials would otherwise trip over."""
-    if space.teacher.checkpoint is None or not space.teacher.checkpoint.is_file():
+    if not space.teacher.checkpoint.is_file():
         hint = f"; train it with: python search/teacher.py --space {space.path}" if space.teacher_training else ""
         raise InputError(f"{space.path}: teacher.checkpoint: file {space.teacher.checkpoint} not found{hint}")
     if not space.data.root.is_dir():
@@ -85,39 +90,38 @@ def check_gpus(space: Space, available: float, where: str) -> None:
 
 def init_ray(address: str | None, space: Space) -> None:
     if address is None:
-        import torch
-
         check_gpus(space, torch.cuda.device_count(), "this machine")
     ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     check_gpus(space, ray.cluster_resources().get("GPU", 0), "the Ray cluster")
 
 
-def teacher_summary(space: Space, experiment: Path) -> tuple[object, dict]:
-    """The teacher (loaded once, here) and its figures, measured once per search and kept in teacher.json."""
-    teacher = space.teacher.build(load=False)
-    load_weights(teacher, space.teacher.checkpoint)
+def load_teacher(space: Space) -> dict[str, np.ndarray]:
+    """The teacher's weights, read once here, as numpy arrays for Ray's object store."""
+    return teacher_arrays(load_weights(space.teacher.build(load=False), space.teacher.checkpoint))
+
+
+def teacher_summary(space: Space, experiment: Path, state_ref: ray.ObjectRef) -> dict:
+    """The teacher's params, FLOPs and val mIoU, measured once per search (as a Ray task) and kept in teacher.json."""
     summary_file = experiment / TEACHER_FILE
     if summary_file.is_file():
-        return teacher, json.loads(summary_file.read_text())
+        return json.loads(summary_file.read_text())
     print(f"measuring the teacher ({space.teacher.arch}) on {space.data.root / 'leftImg8bit' / space.data.val} ...", flush=True)
     measure = ray.remote(num_cpus=space.search.cpu, num_gpus=space.search.gpu)(_teacher_miou)
-    miou = ray.get(measure.remote(space, teacher_arrays(teacher)))
+    with torch.device("meta"):
+        structure = space.teacher.build(load=False)
     summary = {
         "arch": space.teacher.arch,
         "arch_args": space.teacher.arch_args,
-        "params": count_params(teacher),
-        "flops": count_flops(teacher, space.data.crop),
-        "miou": miou,
+        "params": count_params(structure),
+        "flops": count_flops(structure, space.data.crop),
+        "miou": ray.get(measure.remote(space, state_ref)),
     }
     summary_file.write_text(json.dumps(summary, indent=2))
-    print(f"teacher: {summary['params'] / 1e6:.3f}M params, val mIoU {miou:.4f}", flush=True)
-    return teacher, summary
+    print(f"teacher: {summary['params'] / 1e6:.3f}M params, val mIoU {summary['miou']:.4f}", flush=True)
+    return summary
 
 
-def _teacher_miou(space: Space, state: dict) -> float:
-    from trainable.config import pick_device
-    from trainable.tune_trainable import shared_teacher
-
+def _teacher_miou(space: Space, state: dict[str, np.ndarray]) -> float:
     device = pick_device()
     teacher = shared_teacher(space.teacher, state).to(device)
     return evaluate(teacher, val_loader(space.data), space.data.eval, space.teacher.num_classes, device).miou
@@ -127,19 +131,18 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def make_trainable(space: Space, teacher, teacher_miou: float):
-    setup = TrialSetup(space.teacher, space.data, space.distill, resolve_choices(space), teacher_miou, space.search.score)
-    trainable = tune.with_parameters(distill_trial, setup=setup, teacher_state=teacher_arrays(teacher))
+def make_trainable(space: Space, choices: PolicyChoices, state_ref: ray.ObjectRef, teacher_miou: float):
+    """The trial function with its typed setup; the teacher's arrays travel once, through the object store."""
+    setup = TrialSetup(space.teacher, space.data, space.distill, choices, teacher_miou, space.search.score)
+    trainable = tune.with_parameters(distill_trial, setup=setup, teacher_state=state_ref)
     return tune.with_resources(trainable, {"cpu": space.search.cpu, "gpu": space.search.gpu})
 
 
-def new_tuner(space: Space, experiment: Path, storage: str, num_samples: int, trainable) -> tune.Tuner:
-    from search.searcher import make_scheduler, make_searcher
-
+def new_tuner(space: Space, choices: PolicyChoices, experiment: Path, storage: str, num_samples: int, trainable) -> tune.Tuner:
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(space, resolve_choices(space)),
+            search_alg=make_searcher(space, choices),
             scheduler=make_scheduler(space),
             num_samples=num_samples,
             max_concurrent_trials=space.search.max_concurrent,
@@ -198,21 +201,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (experiment / RUN_FILE).exists():
             raise InputError(f"{experiment}: experiment exists; resume it with --resume {experiment} or pick another --name")
         num_samples = args.num_samples or space.search.num_samples
-    resolve_choices(space)
+    choices = resolve_choices(space)
     check_inputs(space)
     init_ray(args.address, space)
     experiment.mkdir(parents=True, exist_ok=True)
     if args.resume is None:
         shutil.copyfile(space.path, experiment / SPACE_COPY)
         (experiment / RUN_FILE).write_text(json.dumps({"num_samples": num_samples, "space": str(space.path)}, indent=2))
-    teacher, summary = teacher_summary(space, experiment)
-    trainable = make_trainable(space, teacher, summary["miou"])
+    state_ref = ray.put(load_teacher(space))
+    summary = teacher_summary(space, experiment, state_ref)
+    trainable = make_trainable(space, choices, state_ref, summary["miou"])
     started = time.monotonic()
     if args.resume is not None and tune.Tuner.can_restore(str(experiment)):
         print(f"resuming {experiment}", flush=True)
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True)
     else:
-        tuner = new_tuner(space, experiment, storage, num_samples, trainable)
+        tuner = new_tuner(space, choices, experiment, storage, num_samples, trainable)
     tuner.fit()
     return summarize(experiment, num_samples, time.monotonic() - started, space)
 
