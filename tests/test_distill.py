@@ -118,3 +118,16 @@ def test_shared_prefix_helper_on_a_torchvision_resnet():
     student.requires_grad_(False)
     prefix = shared_prefix(teacher, student, "layer3.0.conv1", torch.zeros(1, 3, 64, 64))
     assert set(prefix) == {"conv1", "bn1", "relu", "maxpool", "layer1", "layer2"}
+
+
+def test_tensorboard_scalars_and_image_grid_are_written(trained_teacher, data_settings, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    settings = DistillSettings(epochs=1, steps_per_epoch=1, seed=0)
+    Distillation(trained_teacher.settings.build(), trained_teacher.settings, {"mod6.block1.convs.conv2": "dws"},
+                 data_settings, settings, log_dir=tmp_path / "tb", device=CPU,
+                 teacher_miou=trained_teacher.miou, log=lambda line: None).fit()
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0}).Reload()
+    assert {"epoch/miou", "epoch/loss_hint", "epoch/loss_kd", "train/loss"} <= set(events.Tags()["scalars"])
+    grid = events.Images("val/input_teacher_student")[0]
+    assert grid.width > 3 * 128 and grid.height >= 64
