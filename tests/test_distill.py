@@ -91,7 +91,7 @@ def test_shared_prefix_is_computed_once_and_changes_nothing(trained_teacher, dat
     with distillation._training_mode(active):
         separate = distillation.step(images, None, active, update=False)
     for key in ("loss", "loss_hint", "loss_kd"):
-        assert shared[key] == pytest.approx(separate[key], rel=1e-5)
+        assert shared[key].item() == pytest.approx(separate[key].item(), rel=1e-5)
 
 
 def test_no_shared_prefix_when_all_weights_train(trained_teacher, data_settings):

@@ -230,8 +230,12 @@ class Distillation:
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
 
-    def step(self, images: Tensor, target: Tensor | None, active: list[str], update: bool) -> dict[str, float]:
-        """One teacher forward (no grad), one student forward and backward; optimizer step when `update`."""
+    def step(self, images: Tensor, target: Tensor | None, active: list[str], update: bool) -> dict[str, Tensor]:
+        """One teacher forward (no grad), one student forward and backward; optimizer step when `update`.
+
+        Returns the loss parts and the agreement as detached 0-d tensors on the device: nothing waits
+        for the device here; `train_epoch` reads them once per epoch.
+        """
         s = self.settings
         self._teacher_out.clear()
         self._student_out.clear()
@@ -257,30 +261,28 @@ class Distillation:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
-        return {
-            "loss": loss.item(), "loss_hint": hint.item(), "loss_kd": kd.item(), "loss_ce": ce.item(),
-            "agreement": losses.agreement(student_logits, teacher_logits),
-        }
+        parts = {"loss": loss, "loss_hint": hint, "loss_kd": kd, "loss_ce": ce,
+                 "agreement": losses.agreement(student_logits, teacher_logits)}
+        return {key: value.detach().float() for key, value in parts.items()}
 
     def train_epoch(self) -> dict[str, float]:
         epoch = self.epoch
         self._seed(epoch)
         active = self.active_layers(epoch)
-        sums: dict[str, float] = {}
-        images_seen, steps = 0, 0
+        per_step: list[dict[str, Tensor]] = []
+        images_seen = 0
         started = time.perf_counter()
         with self._training_mode(active):
             for step, (images, target) in enumerate(self._batches(epoch)):
                 update = (step + 1) % self.settings.accumulate == 0 or step + 1 == self.steps_per_epoch
-                parts = self.step(self._to_device(images), target, active, update)
-                for key, value in parts.items():
-                    sums[key] = sums.get(key, 0.0) + value
+                per_step.append(self.step(self._to_device(images), target, active, update))
                 images_seen += images.shape[0]
-                steps += 1
-                if self.writer is not None:
-                    self.writer.add_scalar("train/loss", parts["loss"], epoch * self.steps_per_epoch + step)
+        table = {key: torch.stack([parts[key] for parts in per_step]).cpu() for key in per_step[0]}
         elapsed = time.perf_counter() - started
-        metrics = {key: value / max(1, steps) for key, value in sums.items()}
+        if self.writer is not None:
+            for step, loss in enumerate(table["loss"].tolist()):
+                self.writer.add_scalar("train/loss", loss, epoch * self.steps_per_epoch + step)
+        metrics = {key: values.double().mean().item() for key, values in table.items()}
         metrics["images_per_s"] = images_seen / elapsed if elapsed > 0 else 0.0
         metrics["active_layers"] = len(active)
         metrics["lr"] = self.optimizer.param_groups[0]["lr"] if self.optimizer else 0.0

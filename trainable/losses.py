@@ -26,7 +26,7 @@ def depth_weights(depths: list[int]) -> list[float]:
     return [d / total for d in depths]
 
 
-def agreement(student_logits: Tensor, teacher_logits: Tensor) -> float:
-    """Fraction of pixels (or samples) where the student's argmax equals the teacher's."""
+def agreement(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """Fraction of pixels (or samples) where the student's argmax equals the teacher's, as a 0-d tensor."""
     with torch.no_grad():
-        return (student_logits.max(1).indices == teacher_logits.max(1).indices).float().mean().item()
+        return (student_logits.max(1).indices == teacher_logits.max(1).indices).float().mean()

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import torch
 import ray
+import torch
 from ray import tune
 from torch import nn
 
