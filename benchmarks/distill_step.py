@@ -46,7 +46,8 @@ import torch  # noqa: E402
 from data.errors import InputError, run_cli  # noqa: E402
 from data.labels import NUM_CLASSES  # noqa: E402
 from data.synthetic import generate  # noqa: E402
-from trainable.config import DataSettings, DistillSettings, TeacherSettings  # noqa: E402
+from trainable.config import DistillSettings, TeacherSettings  # noqa: E402
+from data.settings import DataSettings  # noqa: E402
 from trainable.distill import Distillation  # noqa: E402
 from trainable.inventory import convs  # noqa: E402
 from trainable.supervised import supervised_step  # noqa: E402

@@ -12,8 +12,11 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as F
 
 from data.errors import InputError
-from data.folder import open_rgb, require_dir
+from data.folder import UnlabeledImages, open_rgb, require_dir
+from data.kinds import register
 from data.labels import label_to_train_lut
+from data.settings import DataSettings
+from data.transforms import eval_transforms, train_transforms
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
@@ -92,3 +95,25 @@ class CityscapesSegmentation(Dataset):
         if self.transform is None:
             return F.pil_to_tensor(image), torch.from_numpy(mask).long()
         return self.transform(image, mask)
+
+
+@register("cityscapes")
+class Cityscapes:
+    """The official layout: `leftImg8bit/<split>/<city>/*_leftImg8bit.png` with `gtFine/<split>/` labelIds."""
+
+    task = "segmentation"
+
+    def unlabeled(self, s: DataSettings) -> Dataset:
+        return UnlabeledImages([s.folder(f) for f in s.unlabeled], train_transforms(s.crop, s.scale, s.mean, s.std))
+
+    def train(self, s: DataSettings) -> Dataset:
+        return CityscapesSegmentation(s.root, s.train, train_transforms(s.crop, s.scale, s.mean, s.std))
+
+    def val(self, s: DataSettings) -> Dataset:
+        return CityscapesSegmentation(s.root, s.val, eval_transforms(s.mean, s.std))
+
+    def input_size(self, s: DataSettings) -> tuple[int, int]:
+        return tuple(s.crop)
+
+    def num_classes(self, s: DataSettings) -> int | None:
+        return None

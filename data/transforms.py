@@ -11,9 +11,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from data.labels import IGNORE_INDEX
-
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+from data.settings import IMAGENET_MEAN, IMAGENET_STD
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor
 Sample = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -70,14 +68,19 @@ def _as_mask(mask: ImageLike) -> tv_tensors.Mask:
     return tv_tensors.Mask(torch.tensor(np.asarray(mask)))
 
 
-def _finish() -> list[v2.Transform]:
+Stats = tuple[float, float, float]
+
+
+def _finish(mean: Stats, std: Stats) -> list[v2.Transform]:
     return [
         v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64, "others": None}, scale=True),
-        v2.Normalize(MEAN, STD),
+        v2.Normalize(list(mean), list(std)),
     ]
 
 
-def train_transforms(crop: tuple[int, int], scale: tuple[float, float] = (0.5, 2.0)) -> Callable[..., Sample]:
+def train_transforms(
+    crop: tuple[int, int], scale: tuple[float, float] = (0.5, 2.0), mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET_STD
+) -> Callable[..., Sample]:
     """Random scale, random crop of `crop` (H, W) padded with 0 / 255, horizontal flip, float, normalise."""
     height, width = int(crop[0]), int(crop[1])
     fill = {tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}
@@ -87,19 +90,19 @@ def train_transforms(crop: tuple[int, int], scale: tuple[float, float] = (0.5, 2
                 RandomScale(scale),
                 v2.RandomCrop((height, width), pad_if_needed=True, fill=fill),
                 v2.RandomHorizontalFlip(),
-                *_finish(),
+                *_finish(mean, std),
             ]
         )
     )
 
 
-def eval_transforms() -> Callable[..., Sample]:
+def eval_transforms(mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET_STD) -> Callable[..., Sample]:
     """Convert to float and normalise; nothing random."""
-    return SegmentationTransform(v2.Compose(_finish()))
+    return SegmentationTransform(v2.Compose(_finish(mean, std)))
 
 
-def normalize(image: Image.Image | torch.Tensor) -> torch.Tensor:
+def normalize(image: Image.Image | torch.Tensor, mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET_STD) -> torch.Tensor:
     """A PIL image or a uint8 tensor (..., 3, H, W) as a normalised float tensor."""
     tensor = _as_image(image) if isinstance(image, Image.Image) else image
     tensor = F.to_dtype(tensor.as_subclass(torch.Tensor), torch.float32, scale=True)
-    return F.normalize(tensor, list(MEAN), list(STD))
+    return F.normalize(tensor, list(mean), list(std))

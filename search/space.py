@@ -15,8 +15,9 @@ import yaml
 
 from data.errors import InputError
 from trainable import models
-from trainable.config import DataSettings, DistillSettings, TeacherSettings
-from trainable.evaluate import EvalSettings
+from trainable.config import DistillSettings, TeacherSettings
+from data.settings import DataSettings
+from data.settings import EvalSettings
 from trainable.ops import parse_op
 
 SECTIONS = ("teacher", "data", "policy", "distill", "search")

@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from data.synthetic import generate  # noqa: E402
 from trainable.checkpoint import save_atomic  # noqa: E402
-from trainable.config import DataSettings, TeacherSettings  # noqa: E402
+from trainable.config import TeacherSettings  # noqa: E402
+from data.settings import DataSettings  # noqa: E402
 from trainable.supervised import train_supervised  # noqa: E402
 
 TEACHER_WIDTH = 0.125

@@ -19,7 +19,8 @@ from data.cityscapes import CityscapesSegmentation, find_label_files, frame_stem
 from data.errors import InputError
 from data.folder import UnlabeledImages
 from data.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, TRAIN_TO_LABEL_ID, label_to_train_lut
-from data.transforms import MEAN, STD, eval_transforms, normalize, train_transforms
+from data.settings import IMAGENET_MEAN as MEAN, IMAGENET_STD as STD
+from data.transforms import eval_transforms, normalize, train_transforms
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (64, 128)

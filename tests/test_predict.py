@@ -18,7 +18,8 @@ from data.errors import run_cli
 from data.labels import TRAIN_TO_LABEL_ID, train_to_label_lut
 from data.synthetic import generate
 from data.transforms import eval_transforms, normalize
-from trainable.evaluate import EvalSettings, evaluate, infer_logits
+from trainable.evaluate import evaluate, infer_logits
+from data.settings import EvalSettings
 from trainable.models import build
 from trainable.predict import main
 from trainable.surgery import apply_policy, save_student

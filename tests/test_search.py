@@ -152,7 +152,8 @@ def test_retrain_best_trial_then_load_and_evaluate_in_a_fresh_process(killed_and
     check = f"""
 import json, torch
 from trainable.surgery import load_student
-from trainable.evaluate import EvalSettings, evaluate
+from trainable.evaluate import evaluate
+from data.settings import EvalSettings
 from data.cityscapes import CityscapesSegmentation
 from data.transforms import eval_transforms
 student, meta = load_student({str(folder / 'student.pt')!r})

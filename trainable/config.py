@@ -10,7 +10,6 @@ from torch import nn
 
 from trainable import models
 from trainable.checkpoint import load_weights
-from trainable.evaluate import EvalSettings
 
 
 @dataclass(frozen=True)
@@ -31,20 +30,6 @@ class TeacherSettings:
             load_weights(teacher, self.checkpoint)
         teacher.eval().requires_grad_(False)
         return teacher
-
-
-@dataclass(frozen=True)
-class DataSettings:
-    root: Path
-    unlabeled: tuple[str, ...] = ("leftImg8bit/train",)
-    train: str = "train"
-    val: str = "val"
-    crop: tuple[int, int] = (768, 768)
-    scale: tuple[float, float] = (0.5, 2.0)
-    batch_size: int = 2
-    workers: int = 0
-    eval: EvalSettings = field(default_factory=EvalSettings)
-    max_val_images: int | None = None
 
 
 @dataclass(frozen=True)

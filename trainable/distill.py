@@ -23,7 +23,8 @@ from data.errors import InputError
 from data.labels import IGNORE_INDEX
 from trainable import losses
 from trainable.checkpoint import save_atomic
-from trainable.config import DataSettings, DistillSettings, TeacherSettings, pick_device
+from trainable.config import DistillSettings, TeacherSettings, pick_device
+from data.settings import DataSettings
 from trainable.evaluate import EvalResult, evaluate
 from trainable.inventory import count_flops, count_params
 from trainable.loaders import labeled_train_set, train_loader, unlabeled_set, val_loader

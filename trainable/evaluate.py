@@ -25,6 +25,7 @@ from data.cityscapes import find_label_files, read_train_ids
 from data.errors import InputError, run_cli
 from data.folder import require_dir
 from data.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, label_to_train_lut
+from data.settings import EvalSettings
 
 _PRED_STEM = re.compile(r"(.+?_\d+_\d+)(?:_.*)?\.png", re.IGNORECASE)
 _MAX_LABEL_ID = 33
@@ -78,17 +79,6 @@ def mean_iou(conf: Tensor) -> float:
 
 def class_names(num_classes: int) -> tuple[str, ...]:
     return CLASS_NAMES if num_classes == NUM_CLASSES else tuple(f"class{i}" for i in range(num_classes))
-
-
-@dataclass
-class EvalSettings:
-    """How logits are computed: one forward pass or tiles of `crop` px; optional flip and multi-scale."""
-
-    mode: Literal["whole", "sliding"] = "whole"
-    crop: int = 1024
-    overlap: float = 1 / 3
-    flip: bool = False
-    scales: tuple[float, ...] = (1.0,)
 
 
 @dataclass

@@ -1,26 +1,24 @@
-"""DataLoaders built from typed data settings."""
+"""DataLoaders built from typed data settings, through the dataset kind the settings name."""
 from __future__ import annotations
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from data.cityscapes import CityscapesSegmentation
-from data.folder import UnlabeledImages
-from data.transforms import eval_transforms, train_transforms
-from trainable.config import DataSettings
+from data.kinds import kind
+from data.settings import DataSettings
 
 
 def unlabeled_set(data: DataSettings) -> Dataset:
     """Every image below the `unlabeled` folders, with training augmentation, no labels."""
-    return UnlabeledImages([data.root / folder for folder in data.unlabeled], train_transforms(data.crop, data.scale))
+    return kind(data.dataset).unlabeled(data)
 
 
 def labeled_train_set(data: DataSettings) -> Dataset:
-    return CityscapesSegmentation(data.root, data.train, train_transforms(data.crop, data.scale))
+    return kind(data.dataset).train(data)
 
 
 def val_set(data: DataSettings) -> Dataset:
-    dataset = CityscapesSegmentation(data.root, data.val, eval_transforms())
+    dataset = kind(data.dataset).val(data)
     if data.max_val_images is not None and data.max_val_images < len(dataset):
         return Subset(dataset, range(data.max_val_images))
     return dataset
@@ -39,5 +37,5 @@ def train_loader(dataset: Dataset, data: DataSettings, seed: int) -> DataLoader:
     )
 
 
-def val_loader(data: DataSettings) -> DataLoader:
-    return DataLoader(val_set(data), batch_size=1, shuffle=False, num_workers=data.workers)
+def val_loader(data: DataSettings, batch_size: int = 1) -> DataLoader:
+    return DataLoader(val_set(data), batch_size=batch_size, shuffle=False, num_workers=data.workers)

@@ -26,7 +26,8 @@ from data.folder import find_images, open_rgb, require_dir
 from data.labels import NUM_CLASSES, train_to_label_lut
 from data.transforms import normalize
 from trainable.config import TeacherSettings, pick_device
-from trainable.evaluate import EvalSettings, infer_logits
+from trainable.evaluate import infer_logits
+from data.settings import EvalSettings
 from trainable.models import info
 from trainable.surgery import load_student
 

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from data.labels import IGNORE_INDEX
-from trainable.config import DataSettings, DistillSettings
+from trainable.config import DistillSettings
+from data.settings import DataSettings
 from trainable.evaluate import evaluate
 from trainable.loaders import labeled_train_set, train_loader, val_loader
 from trainable.optim import make_optimizer, make_scheduler

@@ -17,7 +17,8 @@ from torch import nn
 from trainable import models
 from trainable.checkpoint import read_file
 from trainable.choices import PolicyChoices
-from trainable.config import DataSettings, DistillSettings, TeacherSettings
+from trainable.config import DistillSettings, TeacherSettings
+from data.settings import DataSettings
 from trainable.distill import Distillation
 
 STATE_FILE = "state.pt"

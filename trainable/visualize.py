@@ -6,7 +6,7 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 from data.labels import CLASS_COLORS
-from data.transforms import MEAN, STD
+from data.settings import IMAGENET_MEAN as MEAN, IMAGENET_STD as STD
 
 
 def colorize(labels: Tensor) -> Tensor:
