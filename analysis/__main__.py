@@ -5,11 +5,14 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
+from analysis.agreement import drop_agreement, latency_agreement
 from analysis.front import X_AXES, hypervolume, knee_index, measured, pareto_front
+from analysis.library import load_library
 from analysis.load import Experiment, load_curves, load_experiment, load_reference
-from analysis.plots import FrontLine, plot_compare, plot_curves, plot_layers, plot_pareto
+from analysis.plots import FrontLine, plot_compare, plot_curves, plot_layers, plot_pareto, plot_sensitivity
 from analysis.policy import layer_usage
-from analysis.report import comparison_statement, display_table, front_csv, write_report
+from analysis.report import (comparison_statement, display_table, drop_statement, error_statement, front_csv,
+                             latency_statement, retries_statement, write_report)
 from data.errors import InputError, run_cli
 
 
@@ -18,24 +21,28 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("experiment", type=Path, help="experiment folder holding trials.parquet")
     parser.add_argument("--x", choices=X_AXES, default="params", help="cost axis of the front (default params)")
     parser.add_argument("--reference", type=Path, metavar="FILE.csv",
-                        help="reference students: columns name, params, miou (fraction 0..1, or percent), "
-                             "optional flops")
+                        help="reference students: columns name, params and the experiment's metric (a column "
+                             "named after it, or score; fraction 0..1 or percent), optional flops, latency_ms")
     parser.add_argument("--compare", type=Path, nargs="+", default=[], metavar="DIR",
-                        help="other experiment folders whose fronts and hypervolumes to compare")
+                        help="other experiment folders (same metric) whose fronts and hypervolumes to compare")
     return parser
 
 
 def _front_line(exp: Experiment, x: str, ref_x: float, name: str) -> FrontLine:
-    front = pareto_front(exp.trials, x)
-    hv = hypervolume(front[x], front["miou"], ref_x) / ref_x
-    teacher = exp.teacher or {}
-    teacher_miou = teacher.get("miou") if teacher.get(x) is not None else None
-    return FrontLine(name, front[x].to_numpy(float), front["miou"].to_numpy(float), exp.reference_x(x),
-                     teacher_miou, hv)
+    front = pareto_front(exp.trials, x, exp.metric)
+    hv = hypervolume(front[x], front[exp.metric], ref_x) / ref_x
+    teacher_score = exp.teacher_score if (exp.teacher or {}).get(x) is not None else None
+    return FrontLine(name, front[x].to_numpy(float), front[exp.metric].to_numpy(float), exp.reference_x(x),
+                     teacher_score, hv)
 
 
 def _compare(experiments: list[Experiment], x: str) -> list[FrontLine]:
     """Fronts and hypervolumes of several searches, all against the largest of their reference points."""
+    first = experiments[0]
+    for other in experiments[1:]:
+        if other.metric != first.metric:
+            raise InputError(f"{other.path}: scored by {other.metric!r}, {first.path} by {first.metric!r}; "
+                             "expected searches scored by one metric to compare")
     names = [exp.name for exp in experiments]
     if len(set(names)) < len(names):
         names = [str(exp.path) for exp in experiments]
@@ -47,30 +54,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     x = args.x
     exp = load_experiment(args.experiment, x)
-    reference = load_reference(args.reference) if args.reference else None
+    metric = exp.metric
+    reference = load_reference(args.reference, metric) if args.reference else None
     others = [load_experiment(path, x) for path in args.compare]
+    lines = _compare([exp, *others], x) if others else None
     ref_x = exp.reference_x(x)
     if ref_x <= 0:
         raise InputError(f"{exp.path}: reference {x} is {ref_x:g}; expected a positive teacher {x}")
-    front = pareto_front(exp.trials, x)
-    hv = hypervolume(front[x], front["miou"], ref_x) / ref_x
-    knee_id = str(front["trial_id"].iloc[knee_index(front[x], front["miou"])])
+    plugs = load_library(exp.library) if exp.library is not None and exp.library.is_file() else None
+    front = pareto_front(exp.trials, x, metric)
+    hv = hypervolume(front[x], front[metric], ref_x) / ref_x
+    knee_id = str(front["trial_id"].iloc[knee_index(front[x], front[metric])])
+    written = ["pareto.csv", "pareto.png", "curves.png", "layers.png", "report.md"]
     front_csv(exp, front).to_csv(exp.path / "pareto.csv", index=False)
     plot_pareto(exp, front, x, exp.path / "pareto.png", reference, knee_id)
-    plot_curves(exp, load_curves(exp.path), set(front["trial_id"]), exp.path / "curves.png")
-    miou = measured(exp.trials, x)["miou"].reindex(exp.trials.index)
-    plot_layers(layer_usage(exp.policies, miou, front.index), len(front), exp.path / "layers.png")
-    lines = None
-    if others:
-        lines = _compare([exp, *others], x)
-        plot_compare(lines, x, exp.path / "compare.png")
-    write_report(exp.path / "report.md", exp, front, x, hv, knee_id, lines)
+    plot_curves(exp, load_curves(exp.path, metric), set(front["trial_id"]), exp.path / "curves.png")
+    scores = measured(exp.trials, x, metric)[metric].reindex(exp.trials.index)
+    plot_layers(layer_usage(exp.policies, scores, front.index), len(front), exp.metric_label, exp.path / "layers.png")
+    if lines:
+        plot_compare(lines, x, exp.metric_label, exp.path / "compare.png")
+        written.append("compare.png")
+    if plugs is not None:
+        plot_sensitivity(plugs, exp.metric_label, exp.path / "sensitivity.png")
+        written.append("sensitivity.png")
+    write_report(exp.path / "report.md", exp, front, x, hv, knee_id, lines, plugs)
     print(display_table(exp, front).to_string(index=False))
-    print(f"\n{len(front)} of {len(measured(exp.trials, x))} measured trials on the front; "
-          f"hypervolume {hv:.4f}; knee {knee_id}")
+    print(f"\n{len(front)} of {len(measured(exp.trials, x, metric))} measured trials on the front "
+          f"({x} down, {exp.metric_label} up); hypervolume {hv:.4f}; knee {knee_id}")
     if lines:
         print(comparison_statement(lines))
-    written = ["pareto.csv", "pareto.png", "curves.png", "layers.png", "report.md"] + (["compare.png"] if lines else [])
+    notes = [error_statement(exp.trials), retries_statement(exp.trials)]
+    latency = latency_agreement(exp.trials)
+    if latency:
+        notes.append(latency_statement(latency))
+    drop = drop_agreement(exp.trials, metric, exp.teacher_score)
+    if drop:
+        notes.append(drop_statement(drop, exp.metric_label))
+    if exp.library is not None and plugs is None:
+        notes.append(f"plug library {exp.library} (named by run.json) not found; no sensitivity.png")
+    print("\n".join(note for note in notes if note))
     print(f"wrote {', '.join(written)} into {exp.path}")
     return 0
 

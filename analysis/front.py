@@ -1,7 +1,7 @@
-"""Pareto front, hypervolume and knee for (x down, mIoU up); pure numpy and pandas.
+"""Pareto front, hypervolume and knee for (cost x down, the task's metric up); pure numpy and pandas.
 
-Dominance: trial a dominates trial b when a's x <= b's x and a's mIoU >= b's mIoU with at least one of
-the two strict. Trials equal in both coordinates do not dominate each other, so the front keeps all of
+Dominance: trial a dominates trial b when a's x <= b's x and a's metric >= b's metric with at least one
+of the two strict. Trials equal in both coordinates do not dominate each other, so the front keeps all of
 them (duplicates of a front point are front points too).
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 MEASURED_STATUSES = ("completed", "stopped_early")
-X_AXES = ("params", "flops")
+X_AXES = ("params", "flops", "latency_ms")
 
 
 def _pair(x: object, y: object) -> tuple[np.ndarray, np.ndarray]:
@@ -41,17 +41,17 @@ def pareto_mask(x: object, y: object) -> np.ndarray:
     return mask
 
 
-def measured(trials: pd.DataFrame, x: str = "params") -> pd.DataFrame:
-    """Trials that finished with a mIoU (completed or stopped early) and a known x."""
-    ok = trials["status"].isin(MEASURED_STATUSES) & trials["miou"].notna() & trials[x].notna()
+def measured(trials: pd.DataFrame, x: str, metric: str) -> pd.DataFrame:
+    """Trials that finished with a metric value (completed or stopped early) and a known x."""
+    ok = trials["status"].isin(MEASURED_STATUSES) & trials[metric].notna() & trials[x].notna()
     return trials[ok]
 
 
-def pareto_front(trials: pd.DataFrame, x: str = "params") -> pd.DataFrame:
-    """The non-dominated measured trials, sorted by x then trial_id."""
-    pool = measured(trials, x)
-    front = pool[pareto_mask(pool[x].to_numpy(float), pool["miou"].to_numpy(float))]
-    return front.sort_values([x, "miou", "trial_id"], kind="stable")
+def pareto_front(trials: pd.DataFrame, x: str, metric: str) -> pd.DataFrame:
+    """The non-dominated measured trials, sorted by x, then metric, then trial_id."""
+    pool = measured(trials, x, metric)
+    front = pool[pareto_mask(pool[x].to_numpy(float), pool[metric].to_numpy(float))]
+    return front.sort_values([x, metric, "trial_id"], kind="stable")
 
 
 def hypervolume(x: object, y: object, ref_x: float, ref_y: float = 0.0) -> float:

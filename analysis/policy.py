@@ -69,13 +69,13 @@ def describe(policy: dict[str, str]) -> str:
     return f"Plugs {len(chosen)} layer{'s' if len(chosen) > 1 else ''}: " + "; ".join(parts) + tail
 
 
-def layer_usage(policies: pd.Series, miou: pd.Series, front_index: pd.Index) -> pd.DataFrame:
-    """Per (layer, op), for every layer that some trial plugs: share of the front using it, mean mIoU of users.
+def layer_usage(policies: pd.Series, scores: pd.Series, front_index: pd.Index) -> pd.DataFrame:
+    """Per (layer, op), for every layer that some trial plugs: share of the front using it, mean score of users.
 
-    A layer missing from a policy counts as kept. miou holds the measured trials' mIoU (NaN elsewhere).
+    A layer missing from a policy counts as kept. scores holds the measured trials' metric (NaN elsewhere).
     """
     layers = sorted({layer for policy in policies for layer in plugged(policy)})
-    columns = ["layer", "op", "front_share", "front_count", "trials", "mean_miou"]
+    columns = ["layer", "op", "front_share", "front_count", "trials", "mean_score"]
     if not layers:
         return pd.DataFrame(columns=columns)
     ops = pd.DataFrame([[policy.get(layer, KEEP) for layer in layers] for policy in policies],
@@ -89,5 +89,5 @@ def layer_usage(policies: pd.Series, miou: pd.Series, front_index: pd.Index) -> 
                          "front_share": (users & in_front).sum() / max(in_front.sum(), 1),
                          "front_count": int((users & in_front).sum()),
                          "trials": int(users.sum()),
-                         "mean_miou": miou[users].mean()})
+                         "mean_score": scores[users].mean()})
     return pd.DataFrame(rows, columns=columns)

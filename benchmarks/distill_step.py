@@ -168,7 +168,7 @@ def build(size: str, stages: Sequence[str], batch: int, root: Path, device: torc
     teacher = teacher_settings.build(load=False)
     data = DataSettings(root=root, unlabeled=("leftImg8bit/train_extra",), crop=crop, batch_size=batch)
     return Distillation(teacher, teacher_settings, dws_policy(teacher, stages), data, DistillSettings(),
-                        device=device, teacher_miou=0.0, log=lambda line: None)
+                        device=device, teacher_metrics={"miou": 0.0}, log=lambda line: None)
 
 
 def measures(d: Distillation, images: torch.Tensor, labels: torch.Tensor, sharing: dict[str, bool]) -> list[Measure]:

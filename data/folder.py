@@ -11,7 +11,7 @@ from torchvision.transforms.v2 import functional as F
 
 from data.errors import InputError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
 def open_rgb(path: Path) -> Image.Image:
@@ -20,7 +20,7 @@ def open_rgb(path: Path) -> Image.Image:
         with Image.open(path) as image:
             return image.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise InputError(f"{path}: cannot read image ({err}); expected a readable PNG or JPEG") from err
+        raise InputError(f"{path}: cannot read image ({err}); expected a readable image file") from err
 
 
 def require_dir(path: Path, expected: str) -> Path:
@@ -32,8 +32,13 @@ def require_dir(path: Path, expected: str) -> Path:
 
 
 def find_images(root: Path) -> list[Path]:
-    """Every .png/.jpg/.jpeg file below `root`, searched recursively, sorted."""
+    """Every image file (`IMAGE_SUFFIXES`, any case) below `root`, searched recursively, sorted."""
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def suffix_list() -> str:
+    """The image suffixes as a phrase for error messages."""
+    return ", ".join(IMAGE_SUFFIXES[:-1]) + " or " + IMAGE_SUFFIXES[-1]
 
 
 class UnlabeledImages(Dataset):
@@ -48,7 +53,7 @@ class UnlabeledImages(Dataset):
         self.paths: list[Path] = sorted({path for folder in folders for path in find_images(folder)})
         if not self.paths:
             names = ", ".join(str(folder) for folder in folders)
-            raise InputError(f"{names}: no images found; expected .png, .jpg or .jpeg files below it")
+            raise InputError(f"{names}: no images found; expected {suffix_list()} files below it")
         self.transform = transform
 
     def __len__(self) -> int:

@@ -56,4 +56,4 @@ def kind(name: str) -> DatasetKind:
     return _KINDS[name]
 
 
-from data import cityscapes  # noqa: E402,F401  (registers the kinds)
+from data import cityscapes, imagefolder, pairs  # noqa: E402,F401  (registers the kinds)

@@ -1,4 +1,8 @@
-"""Synthetic street scenes written in the official Cityscapes layout (for tests and the CPU demo)."""
+"""Synthetic data for tests and the CPU demo.
+
+Street scenes in the official Cityscapes layout (`--layout cityscapes`, the default) or as a CamVid-like tree
+of image/mask pairs (`--layout pairs`), and shape images in the ImageFolder layout (`--layout imagefolder`).
+"""
 from __future__ import annotations
 
 import argparse
@@ -330,55 +334,219 @@ def _frame_name(split: str, index: int) -> tuple[str, str]:
     return city, f"{city}_{index // len(cities):06d}_{19:06d}"
 
 
-def _write_png(array: np.ndarray, path: Path) -> None:
+def _write_image(image: np.ndarray | Image.Image, path: Path) -> None:
+    """Save as JPEG for a .jpg path, else as PNG (fast compression)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, format="PNG", compress_level=1)
+    image = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+    if path.suffix == ".jpg":
+        image.save(path, format="JPEG", quality=95)
+    else:
+        image.save(path, format="PNG", compress_level=1)
 
 
-def _check(out: Path, name: str, value: int, low: int) -> None:
-    if int(value) != value or value < low:
-        raise InputError(f"{out}: synthetic {name} is {value}; expected an integer >= {low}")
+def _check(out: Path, checks: Sequence[tuple[str, int, int]]) -> None:
+    """Refuse an output that is not a folder, and any (name, value, low) whose value is not an integer >= low."""
+    for name, value, low in checks:
+        if int(value) != value or value < low:
+            raise InputError(f"{out}: synthetic {name} is {value}; expected an integer >= {low}")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: output exists and is not a folder; expected a folder")
+
+
+def _progress(log: Callable[[str], None] | None, split: str, index: int, count: int) -> None:
+    if log is not None and (index + 1 == count or (index + 1) % max(1, count // 4) == 0):
+        log(f"{split}: {index + 1}/{count}")
+
+
+def _street(seed: int, split: str, index: int, count: int,
+            size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scene `index` of `count` in a split (together they hold every class): trainIds, ego-hood mask, RGB image."""
+    rng = np.random.default_rng([seed, _SPLIT_CODE[split], index])
+    must = {c for c in range(NUM_CLASSES) if c % count == index}
+    ego = index == 0 or rng.random() < 0.3
+    train_ids, hood = scene(rng, size, must, ego)
+    return train_ids, hood, render(train_ids, hood, rng)
 
 
 def generate(out: Path, train: int = 24, val: int = 8, size: tuple[int, int] = (128, 256), seed: int = 0,
              extra: int = 0, log: Callable[[str], None] | None = None) -> None:
     """Write `train`/`val` labelled scenes and `extra` unlabeled ones below `out` in the Cityscapes layout."""
     out = Path(out)
-    for name, value, low in (("train", train, 0), ("val", val, 0), ("extra", extra, 0),
-                             ("height", size[0], _MIN_SIZE), ("width", size[1], _MIN_SIZE)):
-        _check(out, name, value, low)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: output exists and is not a folder; expected a folder")
+    _check(out, (("train", train, 0), ("val", val, 0), ("extra", extra, 0),
+                 ("height", size[0], _MIN_SIZE), ("width", size[1], _MIN_SIZE)))
     to_label_id = train_to_label_lut()
     height, width = int(size[0]), int(size[1])
     for split, count in (("train", train), ("val", val), ("train_extra", extra)):
         for index in range(count):
-            rng = np.random.default_rng([seed, _SPLIT_CODE[split], index])
-            must = {c for c in range(NUM_CLASSES) if c % count == index} if count else set()
-            ego = index == 0 or rng.random() < 0.3
-            train_ids, hood = scene(rng, (height, width), must, ego)
+            train_ids, hood, image = _street(seed, split, index, count, (height, width))
             city, stem = _frame_name(split, index)
-            _write_png(render(train_ids, hood, rng), out / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png")
+            _write_image(image, out / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png")
             if split != "train_extra":
                 label_ids = to_label_id[train_ids]
                 label_ids[hood] = EGO_VEHICLE_LABEL_ID
-                _write_png(label_ids, out / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png")
-            if log is not None and (index + 1 == count or (index + 1) % max(1, count // 4) == 0):
-                log(f"{split}: {index + 1}/{count}")
+                _write_image(label_ids, out / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png")
+            _progress(log, split, index, count)
     if log is not None:
         log(f"wrote {train} train, {val} val, {extra} train_extra images of {height}x{width} to {out}")
 
 
+# Image/mask pairs: a CamVid-like tree of the same street scenes, 11 classes and void (11) ----------
+
+CAMVID_CLASSES = ("sky", "building", "pole", "road", "pavement", "tree", "signsymbol", "fence", "car",
+                  "pedestrian", "bicyclist")
+CAMVID_VOID = len(CAMVID_CLASSES)
+CAMVID_MASK_SUFFIX = "_L"
+CAMVID_COLORS = ((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
+                 (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192), (0, 0, 0))
+_TRAIN_TO_CAMVID = np.array([3, 4, 1, 1, 7, 2, 6, 6, 5, 5, 0, 9, 10, 8, 8, 8, 8, 10, 10], dtype=np.uint8)
+_SEQUENCES = {"train": "0001TP", "val": "0016E5", "unlabeled": "Seq05VD"}
+
+
+def generate_pairs(root: Path, train: int = 24, val: int = 8, size: tuple[int, int] = (128, 256), seed: int = 0,
+                   unlabeled: int = 0, log: Callable[[str], None] | None = None) -> None:
+    """Write street scenes as a CamVid-like tree: `train/`, `trainannot/`, `val/`, `valannot/`, `unlabeled/`.
+
+    Images are `<seq>_<frame>.png`; masks `<seq>_<frame>_L.png`, palette PNGs of `CAMVID_CLASSES` indices
+    with the ego vehicle as void (`CAMVID_VOID` = 11). Unlabeled images lie in nested `unlabeled/<seq>/<part>/`.
+    Read it with dataset kind `pairs`, num_classes 11, ignore_index 11, mask_suffix `_L`.
+    """
+    root = Path(root)
+    _check(root, (("train", train, 0), ("val", val, 0), ("unlabeled", unlabeled, 0),
+                 ("height", size[0], _MIN_SIZE), ("width", size[1], _MIN_SIZE)))
+    palette = [value for color in CAMVID_COLORS for value in color]
+    height, width = int(size[0]), int(size[1])
+    for name, split, count in (("train", "train", train), ("val", "val", val), ("unlabeled", "train_extra", unlabeled)):
+        for index in range(count):
+            train_ids, hood, image = _street(seed, split, index, count, (height, width))
+            stem = f"{_SEQUENCES[name]}_{index * 30:06d}"
+            if name == "unlabeled":
+                _write_image(image, root / name / _SEQUENCES[name] / f"part{index % 3}" / f"{stem}.png")
+            else:
+                mask = _TRAIN_TO_CAMVID[train_ids]
+                mask[hood] = CAMVID_VOID
+                indexed = Image.fromarray(mask)
+                indexed.putpalette(palette)
+                _write_image(image, root / name / f"{stem}.png")
+                _write_image(indexed, root / f"{name}annot" / f"{stem}{CAMVID_MASK_SUFFIX}.png")
+            _progress(log, name, index, count)
+    if log is not None:
+        log(f"wrote {train} train, {val} val, {unlabeled} unlabeled image/mask pairs of {height}x{width} to {root}")
+
+
+# Image folders: one shape per class, random colours, position and size --------------------------
+
+SHAPES = ("disc", "square", "triangle", "cross", "ring", "diamond", "plus", "bars")
+_MIN_CLASS_SIZE = 16
+_SUPERSAMPLE = 4
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float) -> None:
+    """One filled `shape` of radius `r` centred at (cx, cy), in white."""
+    stroke = max(1, round(0.35 * r))
+    if shape == "disc":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+    elif shape == "square":
+        draw.rectangle([cx - 0.8 * r, cy - 0.8 * r, cx + 0.8 * r, cy + 0.8 * r], fill=255)
+    elif shape == "triangle":
+        draw.polygon([(cx, cy - r), (cx - r, cy + 0.8 * r), (cx + r, cy + 0.8 * r)], fill=255)
+    elif shape == "cross":
+        draw.line([(cx - r, cy - r), (cx + r, cy + r)], fill=255, width=stroke)
+        draw.line([(cx - r, cy + r), (cx + r, cy - r)], fill=255, width=stroke)
+    elif shape == "ring":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=255, width=stroke)
+    elif shape == "diamond":
+        draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=255)
+    elif shape == "plus":
+        draw.rectangle([cx - r, cy - stroke / 2, cx + r, cy + stroke / 2], fill=255)
+        draw.rectangle([cx - stroke / 2, cy - r, cx + stroke / 2, cy + r], fill=255)
+    elif shape == "bars":
+        for dy in (-0.75, 0.0, 0.75):
+            draw.rectangle([cx - r, cy + dy * r - 0.15 * r, cx + r, cy + dy * r + 0.15 * r], fill=255)
+    else:
+        raise ValueError(f"unknown shape {shape}")
+
+
+def shape_image(rng: np.random.Generator, shape: str, size: int) -> np.ndarray:
+    """A `size` x `size` RGB uint8 image: one `shape` of random colour, size and position on a blotchy background.
+
+    Colours do not depend on the shape, so a class is told by its outline, not by its mean colour.
+    """
+    big = size * _SUPERSAMPLE
+    canvas = Image.new("L", (big, big), 0)
+    r = rng.uniform(0.22, 0.36) * big
+    cx, cy = rng.uniform(r, big - r, 2)
+    _draw_shape(ImageDraw.Draw(canvas), shape, cx, cy, r)
+    alpha = np.asarray(canvas.resize((size, size), Image.BOX), dtype=np.float32)[:, :, None] / 255
+    foreground, background = rng.uniform(0, 255, (2, 3))
+    while abs(background.mean() - foreground.mean()) < 70:  # the shape is brighter or darker than the ground
+        background = rng.uniform(0, 255, 3)
+    blotch = _smooth_noise(rng, size, size, max(2, size // 8))[:, :, None] - 0.5
+    rgb = background + blotch * rng.uniform(-60, 60, 3)
+    rgb = rgb * (1 - alpha) + foreground * alpha
+    rgb = rgb * rng.uniform(0.85, 1.15) + rng.normal(0.0, 8.0, rgb.shape)
+    return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+
+
+def generate_imagefolder(root: Path, classes: int = 4, train: int = 24, val: int = 8, unlabeled: int = 32,
+                         size: int = 32, seed: int = 0, log: Callable[[str], None] | None = None) -> None:
+    """Write an ImageFolder tree of `SHAPES[:classes]`: `train`/`val` images per class, `unlabeled` images in all.
+
+    `root/train/<shape>/<n>.png`, `root/val/<shape>/<n>.png`; unlabeled images of random shapes lie in nested
+    `root/unlabeled/<a|b>/<part>/` folders, PNG and JPEG alternately. Read it with dataset kind `imagefolder`.
+    """
+    root = Path(root)
+    _check(root, (("classes", classes, 1), ("train", train, 0), ("val", val, 0), ("unlabeled", unlabeled, 0),
+                 ("size", size, _MIN_CLASS_SIZE)))
+    if classes > len(SHAPES):
+        raise InputError(f"{root}: synthetic classes is {classes}; expected at most {len(SHAPES)}")
+    size = int(size)
+    for code, (split, count) in enumerate((("train", train), ("val", val))):
+        for label, shape in enumerate(SHAPES[:classes]):
+            for index in range(count):
+                rng = np.random.default_rng([seed, code, label, index])
+                _write_image(shape_image(rng, shape, size), root / split / shape / f"{index:05d}.png")
+            _progress(log, split, label, classes)
+    for index in range(unlabeled):
+        rng = np.random.default_rng([seed, 2, index])
+        shape = SHAPES[int(rng.integers(classes))]
+        suffix = ".jpg" if index % 2 else ".png"
+        _write_image(shape_image(rng, shape, size), root / "unlabeled" / "ab"[index % 2] / f"part{index % 3}" /
+                     f"{index:05d}{suffix}")
+    if log is not None:
+        log(f"wrote {classes} classes x ({train} train + {val} val) and {unlabeled} unlabeled images of "
+            f"{size}x{size} to {root}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data.synthetic", description=__doc__)
-    parser.add_argument("--out", type=Path, required=True, help="output root (gets leftImg8bit/ and gtFine/)")
-    parser.add_argument("--train", type=int, default=24, help="labelled training images")
-    parser.add_argument("--val", type=int, default=8, help="labelled validation images")
-    parser.add_argument("--size", type=int, nargs=2, default=(128, 256), metavar=("H", "W"), help="image size")
+    parser.add_argument("--out", type=Path, required=True, help="output root")
+    parser.add_argument("--layout", choices=("cityscapes", "pairs", "imagefolder"), default="cityscapes",
+                        help="cityscapes: leftImg8bit/ + gtFine/; pairs: CamVid-like train/ + trainannot/ ...; "
+                             "imagefolder: train/<class>/, val/<class>/, unlabeled/")
+    parser.add_argument("--train", type=int, default=24, help="labelled training images (per class: imagefolder)")
+    parser.add_argument("--val", type=int, default=8, help="labelled validation images (per class: imagefolder)")
+    parser.add_argument("--size", type=int, nargs="+", metavar=("H", "W"),
+                        help="image size; one value for square images (default 128 256; imagefolder: 32)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--extra", type=int, default=0, help="unlabeled images in leftImg8bit/train_extra")
+    parser.add_argument("--extra", type=int, default=0,
+                        help="unlabeled images (cityscapes: leftImg8bit/train_extra; others: unlabeled/)")
+    parser.add_argument("--classes", type=int,
+                        help=f"imagefolder only: number of classes, 1..{len(SHAPES)} (default 4)")
     args = parser.parse_args(argv)
-    generate(args.out, args.train, args.val, tuple(args.size), args.seed, args.extra, log=print)
+    if args.size is not None and len(args.size) > 2:
+        parser.error("--size takes one or two values: H [W]")
+    if args.classes is not None and args.layout != "imagefolder":
+        parser.error("--classes applies to --layout imagefolder only")
+    if args.layout == "imagefolder":
+        size = args.size or [32]
+        if len(set(size)) != 1:
+            parser.error("--size of --layout imagefolder is one value (square images)")
+        generate_imagefolder(args.out, 4 if args.classes is None else args.classes, args.train, args.val, args.extra,
+                             size[0], args.seed, log=print)
+        return 0
+    height, width = (args.size * 2)[:2] if args.size else (128, 256)
+    write = generate if args.layout == "cityscapes" else generate_pairs
+    write(args.out, args.train, args.val, (height, width), args.seed, args.extra, log=print)
     return 0
 
 

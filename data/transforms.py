@@ -1,4 +1,4 @@
-"""Joint image/mask transforms for segmentation, built on torchvision.transforms.v2."""
+"""Transforms on torchvision.transforms.v2: joint image/mask ones for segmentation, image ones for classification."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -11,7 +11,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from data.labels import IGNORE_INDEX
-from data.settings import IMAGENET_MEAN, IMAGENET_STD
+from data.settings import IMAGENET_MEAN, IMAGENET_STD, Augment
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor
 Sample = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -106,3 +106,46 @@ def normalize(image: Image.Image | torch.Tensor, mean: Stats = IMAGENET_MEAN, st
     tensor = _as_image(image) if isinstance(image, Image.Image) else image
     tensor = F.to_dtype(tensor.as_subclass(torch.Tensor), torch.float32, scale=True)
     return F.normalize(tensor, list(mean), list(std))
+
+
+def classification_eval_transforms(
+    image_size: int, eval_resize: int | None = None, mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET_STD
+) -> v2.Compose:
+    """PIL image -> normalised float tensor (3, image_size, image_size); nothing random.
+
+    With `eval_resize` None the image is resized to image_size x image_size (an image already that size,
+    CIFAR's 32 x 32 at image_size 32, passes untouched); with it, its shorter side is resized to
+    `eval_resize` and the centre image_size x image_size cropped (ImageNet: 256 then 224).
+    """
+    geometry = _classification_geometry(image_size, eval_resize)
+    return v2.Compose([v2.ToImage(), *geometry, *_classification_finish(mean, std)])
+
+
+def classification_train_transforms(
+    image_size: int, augment: Augment = Augment(), eval_resize: int | None = None, mean: Stats = IMAGENET_MEAN,
+    std: Stats = IMAGENET_STD,
+) -> v2.Compose:
+    """PIL image -> augmented, normalised float tensor (3, image_size, image_size).
+
+    `augment.crop`: `pad` = the eval geometry, then pad 4 px with 0 and random crop of image_size (CIFAR);
+    `resized` = RandomResizedCrop(image_size) of the whole image (ImageNet); `none` = the eval geometry.
+    Then a random horizontal flip when `augment.flip`.
+    """
+    if augment.crop == "resized":
+        geometry: list[v2.Transform] = [v2.RandomResizedCrop(image_size)]
+    elif augment.crop == "pad":
+        geometry = [*_classification_geometry(image_size, eval_resize), v2.RandomCrop(image_size, padding=4)]
+    else:
+        geometry = _classification_geometry(image_size, eval_resize)
+    flip = [v2.RandomHorizontalFlip()] if augment.flip else []
+    return v2.Compose([v2.ToImage(), *geometry, *flip, *_classification_finish(mean, std)])
+
+
+def _classification_geometry(image_size: int, eval_resize: int | None) -> list[v2.Transform]:
+    if eval_resize is None:
+        return [v2.Resize((image_size, image_size))]
+    return [v2.Resize(eval_resize), v2.CenterCrop(image_size)]
+
+
+def _classification_finish(mean: Stats, std: Stats) -> list[v2.Transform]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std)), v2.ToPureTensor()]

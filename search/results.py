@@ -1,18 +1,25 @@
-"""`trials.parquet`: one row per trial of an experiment folder, read through Ray's ExperimentAnalysis."""
+"""`trials.parquet`: one row per trial of an experiment folder, read through Ray's ExperimentAnalysis.
+
+Metric columns are named after the task's metrics (`miou`, `miou_last`; `top1`, `top1_last`, ...): the
+best value over the trial's epochs and its last one.
+"""
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 from ray.tune import ExperimentAnalysis
 
+from search.storage import Location
+
 STATUSES = ("completed", "stopped_early", "infeasible", "error")
 FINISHED = ("TERMINATED", "ERROR")
+TRIALS_FILE = "trials.parquet"
 
 
 def trial_status(ray_status: str, last: dict) -> str:
-    if ray_status == "ERROR":
+    if ray_status == "ERROR" or last.get("error_reason"):
         return "error"
     if last.get("infeasible", False):
         return "infeasible"
@@ -20,12 +27,22 @@ def trial_status(ray_status: str, last: dict) -> str:
 
 
 def _hp_columns(config: dict) -> dict:
-    row = {f"hp.policy.{key}": op for key, op in config.get("policy", {}).items()}
+    picks = config.get("repaired") or config.get("policy", {})
+    row = {f"hp.policy.{key}": op for key, op in picks.items()}
     row.update({f"hp.{name}": value for name, value in config.get("distill", {}).items()})
     return row
 
 
-def trials_table(analysis: ExperimentAnalysis) -> pd.DataFrame:
+def _reason(trial, last: dict) -> str | None:
+    if last.get("error_reason"):
+        return last["error_reason"]
+    if trial.status == "ERROR":
+        message = (trial.error_message or "worker failed").strip().splitlines()
+        return message[-1] if message else "worker failed"
+    return None
+
+
+def trials_table(analysis: ExperimentAnalysis, metrics: Sequence[str]) -> pd.DataFrame:
     """Finished trials of an experiment, in trial order, with the columns documented in README."""
     rows = []
     for trial in analysis.trials:
@@ -33,33 +50,40 @@ def trials_table(analysis: ExperimentAnalysis) -> pd.DataFrame:
             continue
         last = trial.last_result or {}
         status = trial_status(trial.status, last)
-        measured = status in ("completed", "stopped_early")
-        best = trial.metric_analysis.get("miou", {}).get("max") if measured else None
-        rows.append({
+        measured = status in ("completed", "stopped_early") or (status == "error" and last.get("epoch", 0) > 0)
+        row = {
             "trial_id": trial.trial_id,
             "status": status,
+            "reason": _reason(trial, last),
+            "retries": int(getattr(trial, "num_failures", 0) or 0),
+            "proposal": last.get("proposal"),
             "policy": last.get("policy", json.dumps({})),
             **_hp_columns(trial.config),
             "params": last.get("params"),
             "flops": last.get("flops"),
-            "miou": best,
-            "miou_last": last.get("miou") if measured else None,
+            "latency_ms": last.get("latency_ms"),
+            "latency_pred_ms": last.get("latency_pred_ms"),
+            "predicted_drop": last.get("predicted_drop"),
+        }
+        for name in metrics:
+            row[name] = trial.metric_analysis.get(name, {}).get("max") if measured else None
+            row[f"{name}_last"] = last.get(name) if measured else None
+        row.update({
             "epochs": last.get("epoch", 0),
             "wall_s": last.get("time_total_s"),
             "checkpoint": trial.checkpoint.path if trial.checkpoint is not None else None,
         })
+        rows.append(row)
     table = pd.DataFrame(rows)
     if not table.empty:
-        table["params"] = table["params"].astype("Int64")
-        table["flops"] = table["flops"].astype("Int64")
-        table["miou"] = table["miou"].astype("Float64")
-        table["miou_last"] = table["miou_last"].astype("Float64")
+        for column in ("params", "flops", "retries"):
+            table[column] = table[column].astype("Int64")
+        for column in ("latency_ms", "latency_pred_ms", "predicted_drop", *metrics, *(f"{m}_last" for m in metrics)):
+            table[column] = table[column].astype("Float64")
     return table
 
 
-def write_trials(experiment: Path, analysis: ExperimentAnalysis) -> pd.DataFrame:
-    table = trials_table(analysis)
-    tmp = experiment / ".trials.parquet.tmp"
-    table.to_parquet(tmp, index=False)
-    tmp.replace(experiment / "trials.parquet")
+def write_trials(experiment: Location, analysis: ExperimentAnalysis, metrics: Sequence[str]) -> pd.DataFrame:
+    table = trials_table(analysis, metrics)
+    experiment.write_parquet(TRIALS_FILE, table)
     return table

@@ -3,13 +3,16 @@
     python search/retrain.py runs/<name> [--trial ID] [--epochs E] [--from-scratch]
     python search/retrain.py --space FILE --policy FILE [--set key=value ...] [--epochs E] [--name N]
 
-Writes checkpoints/<name>/student.pt (rebuilds alone: trainable.surgery.load_student), policy.json, eval.json.
+Writes checkpoints/<name>/student.pt (rebuilds alone: trainable.surgery.load_student), policy.json,
+eval.json (the task's metrics) and student.onnx (verified in onnxruntime; --no-onnx skips it).
+The experiment may be a folder or an s3:// URI.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,19 +21,23 @@ import pandas as pd
 import yaml
 
 from data.errors import InputError, run_cli
+from search.results import TRIALS_FILE
+from search.experiment import RUN_FILE, read_space_copy
 from search.space import Space, load_space
+from search.storage import Location, write_bytes_atomic
+from search.trial import STATE_FILE
 from trainable.checkpoint import read_file
 from trainable.config import DistillSettings, pick_device
 from trainable.distill import Distillation
+from trainable.export import export_onnx, unsupported_reason, verify_onnx
 from trainable.inventory import count_params
-from trainable.surgery import save_student
-from trainable.tune_trainable import STATE_FILE
+from trainable.surgery import read_policy, save_student
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="search/retrain.py", description=__doc__.splitlines()[0])
-    parser.add_argument("experiment", nargs="?", type=Path, help="experiment folder of a finished search")
-    parser.add_argument("--trial", help="trial_id to retrain (default: highest miou among the feasible)")
+    parser.add_argument("experiment", nargs="?", help="experiment folder (or s3:// URI) of a finished search")
+    parser.add_argument("--trial", help="trial_id to retrain (default: the best score among the measured)")
     parser.add_argument("--from-scratch", action="store_true", help="start from the policy, not the trial's checkpoint")
     parser.add_argument("--space", type=Path, help="space file, for one run outside a search (with --policy)")
     parser.add_argument("--policy", type=Path, help="JSON file {layer: op}, with --space")
@@ -38,6 +45,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, help="epochs (default: the space's search.retrain_epochs, else distill.epochs)")
     parser.add_argument("--name", help="output name under checkpoints/ (default: the experiment's or the policy file's)")
     parser.add_argument("--out", type=Path, default=Path("checkpoints"), help="parent folder of the output")
+    parser.add_argument("--no-onnx", action="store_true", help="do not export student.onnx beside student.pt")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     if (args.experiment is None) == (args.space is None):
@@ -49,20 +57,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def pick_trial(experiment: Path, trial_id: str | None) -> pd.Series:
-    table_path = experiment / "trials.parquet"
-    if not table_path.is_file():
-        raise InputError(f"{experiment}: no trials.parquet (has the search finished? resume it with search/run.py --resume)")
-    table = pd.read_parquet(table_path)
+def pick_trial(experiment: Location, trial_id: str | None, metric: str) -> pd.Series:
+    if not experiment.exists(TRIALS_FILE):
+        raise InputError(f"{experiment.text}: no {TRIALS_FILE} (has the search finished? resume it with search/run.py --resume)")
+    table = experiment.read_parquet(TRIALS_FILE)
+    where = f"{experiment.text}/{TRIALS_FILE}"
     if trial_id is not None:
         rows = table[table["trial_id"] == trial_id]
         if rows.empty:
-            raise InputError(f"{table_path}: no trial {trial_id!r}")
+            raise InputError(f"{where}: no trial {trial_id!r}")
         return rows.iloc[0]
-    measured = table[table["status"].isin(["completed", "stopped_early"]) & table["miou"].notna()]
+    measured = table[table["status"].isin(["completed", "stopped_early"]) & table[metric].notna()]
     if measured.empty:
-        raise InputError(f"{table_path}: no trial with a measured miou")
-    return measured.sort_values("miou", ascending=False).iloc[0]
+        raise InputError(f"{where}: no trial with a measured {metric}")
+    return measured.sort_values(metric, ascending=False).iloc[0]
+
+
+def read_trial_state(experiment: Location, checkpoint: str) -> dict:
+    """A trial's checkpoint state, from the experiment's filesystem (a local folder or an object store)."""
+    if experiment.local is not None:
+        return read_file(Path(checkpoint) / STATE_FILE)
+    folder = Location(experiment.fs, checkpoint, checkpoint)
+    with tempfile.TemporaryDirectory() as local:
+        (Path(local) / STATE_FILE).write_bytes(folder.read_bytes(STATE_FILE))
+        return read_file(Path(local) / STATE_FILE)
 
 
 def trial_overrides(row: pd.Series) -> dict[str, Any]:
@@ -88,28 +106,22 @@ def parse_sets(space: Space, items: Sequence[str]) -> dict[str, Any]:
     return values
 
 
-def read_policy(path: Path) -> dict[str, str]:
-    try:
-        policy = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise InputError(f"{path}: not a readable JSON policy ({err})") from err
-    if not isinstance(policy, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in policy.items()):
-        raise InputError(f"{path}: expected a JSON object {{layer: op}}")
-    return policy
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     start_state = None
     if args.experiment is not None:
-        space = load_space(args.experiment / "space.yaml")
-        row = pick_trial(args.experiment, args.trial)
+        experiment = Location.parse(args.experiment)
+        if not experiment.exists(RUN_FILE):
+            raise InputError(f"{args.experiment}: not a plugkd experiment folder (no {RUN_FILE})")
+        space = read_space_copy(experiment, json.loads(experiment.read_text(RUN_FILE)))
+        metric = space.search.score
+        row = pick_trial(experiment, args.trial, metric)
         policy = json.loads(row["policy"])
         overrides = trial_overrides(row)
-        name = args.name or args.experiment.name
+        name = args.name or experiment.name
         if not args.from_scratch and isinstance(row["checkpoint"], str):
-            start_state = read_file(Path(row["checkpoint"]) / STATE_FILE)
-        origin = f"trial {row['trial_id']} of {args.experiment} (val mIoU {row['miou']:.4f} after {row['epochs']} epochs)"
+            start_state = read_trial_state(experiment, row["checkpoint"])
+        origin = f"trial {row['trial_id']} of {experiment.text} (val {metric} {row[metric]:.4f} after {row['epochs']} epochs)"
     else:
         space = load_space(args.space)
         policy = read_policy(args.policy)
@@ -126,14 +138,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         run.init_student(start_state)
     run.fit()
     result = run.last_eval
-    save_student(out / "student.pt", run.student.cpu(), space.teacher.arch, space.teacher.arch_args, policy)
-    (out / "policy.json").write_text(json.dumps(policy, indent=2))
-    (out / "eval.json").write_text(json.dumps({
-        **result.to_json(), "params": count_params(run.student), "teacher_params": run.teacher_params,
-        "teacher_mIoU": run.teacher_miou, "epochs": epochs, "settings": settings.to_dict(),
-    }, indent=2))
-    print(f"student: {out / 'student.pt'}  params {count_params(run.student) / 1e6:.3f}M  val mIoU {result.miou:.4f}")
+    t = space.teacher
+    student = run.student.cpu()
+    save_student(out / "student.pt", student, t.arch, t.arch_args, policy, task=t.task, input_size=space.input_size,
+                 search_path=t.search_path)
+    write_bytes_atomic(out / "policy.json", json.dumps(policy, indent=2).encode())
+    write_bytes_atomic(out / "eval.json", json.dumps({
+        **result.to_json(), "metric": space.search.score, "params": count_params(run.student),
+        "teacher_params": run.teacher_params, "teacher": run.teacher_metrics, "epochs": epochs,
+        "settings": settings.to_dict(),
+    }, indent=2).encode())
+    score = space.search.score
+    print(f"student: {out / 'student.pt'}  params {count_params(run.student) / 1e6:.3f}M  val {score} {result[score]:.4f}")
+    if not args.no_onnx:
+        export_student(student, out / "student.onnx", space.input_size)
     return 0
+
+
+def export_student(student, path: Path, input_size: tuple[int, int]) -> None:
+    """student.onnx beside student.pt, verified in onnxruntime; a model ONNX cannot hold is said, not fatal."""
+    unsupported = unsupported_reason(student)
+    if unsupported is not None:
+        print(f"no ONNX export: {unsupported}")
+        return
+    export_onnx(student, path, input_size)
+    difference = verify_onnx(student, path, input_size)
+    print(f"exported {path} (onnxruntime agrees with PyTorch: largest difference {difference:.2e})")
 
 
 if __name__ == "__main__":

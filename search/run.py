@@ -1,6 +1,6 @@
 """Run (or resume) a search: `python search/run.py --space spaces/demo.yaml [--name N] [--storage DIR]`.
 
-A Ray Tune Tuner runs one distillation per trial (trainable.tune_trainable.distill_trial); Optuna
+A Ray Tune Tuner runs one distillation per trial (search.trial.distill_trial); Optuna
 proposes policies and loss weights; ASHA stops weak students early. The experiment folder
 `<storage>/<name>/` is resumable with `--resume` and ends with `trials.parquet`.
 """
@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -20,37 +20,44 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+import pyarrow.fs as pafs  # noqa: E402
 import ray  # noqa: E402
 import torch  # noqa: E402
 from ray import tune  # noqa: E402
 
 from data.errors import InputError, run_cli  # noqa: E402
-from search.choices import resolve_choices  # noqa: E402
+from data.kinds import kind  # noqa: E402
+from search.choices import PolicyChoices, resolve_choices  # noqa: E402
+from search.experiment import OPTUNA_FILE, RUN_FILE, SPACE_COPY, TEACHER_FILE, read_space_copy  # noqa: E402
+from search.library import Library, build_library  # noqa: E402
+from search.lock import DriverLock  # noqa: E402
 from search.progress import ProgressPrinter  # noqa: E402
-from search.results import FINISHED, write_trials  # noqa: E402
+from search.results import FINISHED, TRIALS_FILE, write_trials  # noqa: E402
 from search.searcher import make_scheduler, make_searcher  # noqa: E402
 from search.space import Space, load_space  # noqa: E402
+from search.storage import Location  # noqa: E402
+from search.trial import TrialSetup, distill_trial, shared_teacher, teacher_arrays  # noqa: E402
 from trainable.checkpoint import load_weights  # noqa: E402
-from trainable.choices import PolicyChoices  # noqa: E402
 from trainable.config import pick_device  # noqa: E402
-from trainable.evaluate import evaluate  # noqa: E402
-from trainable.inventory import count_flops, count_params  # noqa: E402
+from trainable.inventory import count_flops, count_params, output_classes  # noqa: E402
 from trainable.loaders import unlabeled_set, val_loader  # noqa: E402
-from trainable.tune_trainable import TrialSetup, distill_trial, shared_teacher, teacher_arrays  # noqa: E402
 
-SPACE_COPY = "space.yaml"
-TEACHER_FILE = "teacher.json"
-RUN_FILE = "run.json"
 INTERRUPTED = 130
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="search/run.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="search/run.py", description=__doc__.split("\n\n")[0],
+        epilog="Both tasks: a segmentation space is scored by miou, a classification space by top1 (or top5); "
+               "the space's teacher.task (or its zoo arch) says which.",
+    )
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--space", type=Path, help="space file (YAML) of a new search")
-    target.add_argument("--resume", type=Path, metavar="DIR", help="experiment folder of a search to continue")
+    target.add_argument("--resume", metavar="DIR", help="experiment folder (or s3:// URI) of a search to continue")
     parser.add_argument("--name", help="experiment name (default: the space file's stem)")
-    parser.add_argument("--storage", default="runs", help="folder of experiments; shared by all nodes on a cluster")
+    parser.add_argument("--storage", default="runs",
+                        help="folder of experiments, shared by all nodes on a cluster, or s3://bucket/prefix")
     parser.add_argument("--num-samples", type=int, help="override search.num_samples")
     parser.add_argument("--address", help="address of an existing Ray cluster ('auto' to find one)")
     args = parser.parse_args(argv)
@@ -59,13 +66,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.resume is not None and (args.num_samples is not None or args.name is not None):
         parser.error("--resume continues a search as it was started: --num-samples and --name apply to new searches")
     return args
-
-
-def storage_path(storage: str) -> str:
-    """The absolute path of a local or shared folder (what Ray and the experiment's own files need)."""
-    if "://" in storage:
-        raise InputError(f"--storage {storage}: URIs are not supported yet; use a folder every node can see (e.g. NFS)")
-    return str(Path(storage).resolve())
 
 
 def check_inputs(space: Space) -> None:
@@ -77,6 +77,13 @@ def check_inputs(space: Space) -> None:
         raise InputError(f"{space.path}: data.root: expected an existing folder, got {space.data.root} (no such folder)")
     unlabeled_set(space.data)
     val_loader(space.data)
+    expected = kind(space.data.dataset).num_classes(space.data)
+    outputs = output_classes(space.teacher.structure(), space.input_size)
+    if expected is not None and expected != outputs:
+        raise InputError(
+            f"{space.path}: data.val: expected as many classes as the teacher outputs ({outputs}), "
+            f"got {expected} class folders in {space.data.root / str(space.data.val)}"
+        )
 
 
 def check_gpus(space: Space, available: float, where: str) -> None:
@@ -95,54 +102,75 @@ def init_ray(address: str | None, space: Space) -> None:
     check_gpus(space, ray.cluster_resources().get("GPU", 0), "the Ray cluster")
 
 
-def load_teacher(space: Space) -> dict[str, np.ndarray]:
-    """The teacher's weights, read once here, as numpy arrays for Ray's object store."""
-    return teacher_arrays(load_weights(space.teacher.build(load=False), space.teacher.checkpoint))
+def load_teacher(space: Space) -> torch.nn.Module:
+    """The teacher with its weights, read once here (its arrays then go to Ray's object store)."""
+    t = space.teacher
+    return load_weights(t.build(load=False), t.checkpoint, strip_prefix=t.strip_prefix).eval().requires_grad_(False)
 
 
-def teacher_summary(space: Space, experiment: Path, state_ref: ray.ObjectRef) -> dict:
-    """The teacher's params, FLOPs and val mIoU, measured once per search (as a Ray task) and kept in teacher.json."""
-    summary_file = experiment / TEACHER_FILE
-    if summary_file.is_file():
-        return json.loads(summary_file.read_text())
-    print(f"measuring the teacher ({space.teacher.arch}) on {space.data.root / 'leftImg8bit' / space.data.val} ...", flush=True)
-    measure = ray.remote(num_cpus=space.search.cpu, num_gpus=space.search.gpu)(_teacher_miou)
-    with torch.device("meta"):
-        structure = space.teacher.build(load=False)
+def teacher_summary(space: Space, experiment: Location, state_ref: ray.ObjectRef) -> dict:
+    """The teacher's params, FLOPs and val metrics, measured once per search (as a Ray task), kept in teacher.json."""
+    if experiment.exists(TEACHER_FILE):
+        return json.loads(experiment.read_text(TEACHER_FILE))
+    task = space.task
+    print(f"measuring the teacher ({space.teacher.arch}) on the val split of {space.data.root} ...", flush=True)
+    measure = ray.remote(num_cpus=space.search.cpu, num_gpus=space.search.gpu)(_teacher_metrics)
+    structure = space.teacher.structure()
+    metrics = ray.get(measure.remote(space, state_ref))
     summary = {
         "arch": space.teacher.arch,
         "arch_args": space.teacher.arch_args,
+        "task": task.name,
+        "metric": space.search.score,
+        "metric_label": task.label if space.search.score == task.score else space.search.score,
+        "num_classes": output_classes(structure, space.input_size),
         "params": count_params(structure),
-        "flops": count_flops(structure, space.data.crop),
-        "miou": ray.get(measure.remote(space, state_ref)),
+        "flops": count_flops(structure, space.input_size),
+        **metrics,
     }
-    summary_file.write_text(json.dumps(summary, indent=2))
-    print(f"teacher: {summary['params'] / 1e6:.3f}M params, val mIoU {summary['miou']:.4f}", flush=True)
+    experiment.write_text(TEACHER_FILE, json.dumps(summary, indent=2))
+    print(f"teacher: {summary['params'] / 1e6:.3f}M params, "
+          + ", ".join(f"val {name} {value:.4f}" for name, value in metrics.items()), flush=True)
     return summary
 
 
-def _teacher_miou(space: Space, state: dict[str, np.ndarray]) -> float:
+def _teacher_metrics(space: Space, state: dict[str, np.ndarray]) -> dict[str, float]:
     device = pick_device()
     teacher = shared_teacher(space.teacher, state).to(device)
-    return evaluate(teacher, val_loader(space.data), space.data.eval, space.teacher.num_classes, device).miou
+    task = space.task
+    classes = output_classes(teacher, space.input_size)
+    return task.evaluate(teacher, val_loader(space.data, task.eval_batch_size(space.data)), space.data, classes, device).values
 
 
 def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def make_trainable(space: Space, choices: PolicyChoices, state_ref: ray.ObjectRef, teacher_miou: float):
+def make_trainable(space: Space, choices: PolicyChoices, state_ref: ray.ObjectRef, teacher: dict, library: Library | None):
     """The trial function with its typed setup; the teacher's arrays travel once, through the object store."""
-    setup = TrialSetup(space.teacher, space.data, space.distill, choices, teacher_miou, space.search.score)
+    metrics = {name: teacher[name] for name in space.task.metrics(teacher["num_classes"]) if name in teacher}
+    setup = TrialSetup(space.teacher, space.data, space.distill, choices, metrics, space.search.score,
+                       library.cache if library is not None else None)
     trainable = tune.with_parameters(distill_trial, setup=setup, teacher_state=state_ref)
     return tune.with_resources(trainable, {"cpu": space.search.cpu, "gpu": space.search.gpu})
 
 
-def new_tuner(space: Space, choices: PolicyChoices, experiment: Path, storage: str, num_samples: int, trainable) -> tune.Tuner:
+def optuna_storage(experiment: Location) -> optuna.storages.BaseStorage | None:
+    """The searcher's study as SQLite in the experiment folder (optuna-dashboard and optuna.load_study read it).
+
+    An experiment on an object store keeps the study in Ray's searcher state only.
+    """
+    if experiment.local is None:
+        return None
+    return optuna.storages.RDBStorage(f"sqlite:///{experiment.local / OPTUNA_FILE}")
+
+
+def new_tuner(space: Space, choices: PolicyChoices, experiment: Location, num_samples: int, trainable) -> tune.Tuner:
+    storage = experiment.parent()
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(space, choices),
+            search_alg=make_searcher(space, choices, storage=optuna_storage(experiment)),
             scheduler=make_scheduler(space),
             num_samples=num_samples,
             max_concurrent_trials=space.search.max_concurrent,
@@ -151,33 +179,40 @@ def new_tuner(space: Space, choices: PolicyChoices, experiment: Path, storage: s
         ),
         run_config=tune.RunConfig(
             name=experiment.name,
-            storage_path=storage,
+            storage_path=storage.path,
+            storage_filesystem=None if storage.local is not None else storage.fs,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            failure_config=tune.FailureConfig(max_failures=0),
-            callbacks=[ProgressPrinter()],
+            failure_config=tune.FailureConfig(max_failures=space.search.max_failures),
+            callbacks=[ProgressPrinter(space.search.score)],
             verbose=0,
         ),
     )
 
 
-def summarize(experiment: Path, num_samples: int, wall_s: float, space: Space) -> int:
+def ray_filesystem(experiment: Location) -> pafs.FileSystem | None:
+    return None if experiment.local is not None else experiment.fs
+
+
+def summarize(experiment: Location, num_samples: int, wall_s: float, space: Space) -> int:
     """Write trials.parquet; tell an interrupted search from a finished one; print Tune's share of the wall time."""
-    analysis = tune.ExperimentAnalysis(str(experiment))
+    analysis = tune.ExperimentAnalysis(experiment.path, storage_filesystem=ray_filesystem(experiment))
     done = [t for t in analysis.trials if t.status in FINISHED]
     if len(done) < num_samples:
         print(
             f"\nsearch interrupted: {len(done)} of {num_samples} trials finished. "
-            f"Resume with: python search/run.py --resume {experiment}",
+            f"Resume with: python search/run.py --resume {experiment.text}",
             file=sys.stderr,
         )
         return INTERRUPTED
-    table = write_trials(experiment, analysis)
+    table = write_trials(experiment, analysis, space.metrics)
     work = float(table["wall_s"].fillna(0).sum())
     slots = min(space.search.max_concurrent, max(1, int(ray.cluster_resources().get("CPU", 1) // space.search.cpu)))
     share = max(0.0, 1.0 - work / (wall_s * slots)) if wall_s > 0 else 0.0
     counts = table["status"].value_counts().to_dict()
-    print(f"\n{len(table)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    print(f"results: {experiment / 'trials.parquet'}; front and plots: python -m analysis {experiment}")
+    retries = int(table["retries"].sum())
+    print(f"\n{len(table)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+          + f"; {retries} retr{'y' if retries == 1 else 'ies'} after a worker died")
+    print(f"results: {experiment.text}/{TRIALS_FILE}; front and plots: python -m analysis {experiment.text}")
     print(
         f"Tune's share of the wall time: {share:.1%} (trials computed {work:.0f}s of {wall_s:.0f}s x {slots} "
         f"slot{'s' if slots > 1 else ''}; the rest is worker start-up, scheduling and idle slots)"
@@ -185,40 +220,56 @@ def summarize(experiment: Path, num_samples: int, wall_s: float, space: Space) -
     return 0
 
 
+def open_experiment(args: argparse.Namespace) -> tuple[Location, Space, dict]:
+    """The experiment folder, its space and its run record (a new one for --space)."""
+    if args.resume is not None:
+        experiment = Location.parse(args.resume)
+        if not experiment.exists(SPACE_COPY) or not experiment.exists(RUN_FILE):
+            raise InputError(f"{args.resume}: not a plugkd experiment folder (no {SPACE_COPY} or {RUN_FILE})")
+        record = json.loads(experiment.read_text(RUN_FILE))
+        return experiment, read_space_copy(experiment, record), record
+    space = load_space(args.space)
+    experiment = Location.parse(args.storage).child(args.name or space.name)
+    if experiment.exists(RUN_FILE):
+        raise InputError(f"{experiment.text}: experiment exists; resume it with --resume {experiment.text} or pick another --name")
+    record = {"num_samples": args.num_samples or space.search.num_samples, "space": str(space.path.resolve()),
+              "space_dir": str(space.path.resolve().parent)}
+    return experiment, space, record
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.resume is not None:
-        experiment = args.resume.resolve()
-        if not (experiment / SPACE_COPY).is_file() or not (experiment / RUN_FILE).is_file():
-            raise InputError(f"{args.resume}: not a plugkd experiment folder (no {SPACE_COPY} or {RUN_FILE})")
-        space = load_space(experiment / SPACE_COPY)
-        num_samples = json.loads((experiment / RUN_FILE).read_text())["num_samples"]
-        storage = str(experiment.parent)
-    else:
-        space = load_space(args.space)
-        storage = storage_path(args.storage)
-        experiment = Path(storage) / (args.name or space.name)
-        if (experiment / RUN_FILE).exists():
-            raise InputError(f"{experiment}: experiment exists; resume it with --resume {experiment} or pick another --name")
-        num_samples = args.num_samples or space.search.num_samples
+    experiment, space, record = open_experiment(args)
+    if args.resume is not None and experiment.exists(TRIALS_FILE):
+        print(f"{experiment.text}: the search has finished ({TRIALS_FILE} is written); nothing to run. "
+              f"Front and plots: python -m analysis {experiment.text}")
+        return 0
     choices = resolve_choices(space)
     check_inputs(space)
     init_ray(args.address, space)
-    experiment.mkdir(parents=True, exist_ok=True)
-    if args.resume is None:
-        shutil.copyfile(space.path, experiment / SPACE_COPY)
-        (experiment / RUN_FILE).write_text(json.dumps({"num_samples": num_samples, "space": str(space.path)}, indent=2))
-    state_ref = ray.put(load_teacher(space))
-    summary = teacher_summary(space, experiment, state_ref)
-    trainable = make_trainable(space, choices, state_ref, summary["miou"])
-    started = time.monotonic()
-    if args.resume is not None and tune.Tuner.can_restore(str(experiment)):
-        print(f"resuming {experiment}", flush=True)
-        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True)
-    else:
-        tuner = new_tuner(space, choices, experiment, storage, num_samples, trainable)
-    tuner.fit()
-    return summarize(experiment, num_samples, time.monotonic() - started, space)
+    experiment.makedirs()
+    with DriverLock(experiment.text, experiment.local):
+        teacher = load_teacher(space)
+        library = build_library(space, teacher, choices, pick_device()) if space.library is not None else None
+        if library is not None:
+            choices = replace(choices, layer_drop=library.drops())
+            record["library"] = str(library.table_path)
+        if args.resume is None:
+            experiment.write_bytes(SPACE_COPY, space.path.read_bytes())
+            experiment.write_text(RUN_FILE, json.dumps(record, indent=2))
+        state_ref = ray.put(teacher_arrays(teacher))
+        del teacher
+        summary = teacher_summary(space, experiment, state_ref)
+        trainable = make_trainable(space, choices, state_ref, summary, library)
+        started = time.monotonic()
+        fs = ray_filesystem(experiment)
+        if args.resume is not None and tune.Tuner.can_restore(experiment.path, storage_filesystem=fs):
+            print(f"resuming {experiment.text}", flush=True)
+            tuner = tune.Tuner.restore(experiment.path, trainable=trainable, resume_unfinished=True, storage_filesystem=fs)
+        else:
+            tuner = new_tuner(space, choices, experiment, record["num_samples"], trainable)
+        tuner.fit()
+        return summarize(experiment, record["num_samples"], time.monotonic() - started, space)
 
 
 if __name__ == "__main__":

@@ -1,80 +1,137 @@
-"""Optuna through Ray Tune: a define-by-run space with a budget constraint, ASHA-stopped trials told as PRUNED."""
+"""Optuna through Ray Tune: samplers by name, a define-by-run space that never trains a policy over the
+budget (an over-budget proposal is repaired to the nearest feasible one and recorded as such), trials
+ASHA stopped told as PRUNED, and trials that failed told as FAILED."""
 from __future__ import annotations
 
-from typing import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import optuna
 from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from search.space import Distribution, Space
-from trainable.choices import PolicyChoices
+if TYPE_CHECKING:
+    from search.choices import PolicyChoices
+    from search.space import Distribution, Space
+
+
+@dataclass(frozen=True)
+class Sampler:
+    build: Callable[[int], optuna.samplers.BaseSampler]
+    multi_objective: bool = False
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "tpe": Sampler(lambda seed: optuna.samplers.TPESampler(seed=seed)),
+    "random": Sampler(lambda seed: optuna.samplers.RandomSampler(seed=seed)),
+    "nsga2": Sampler(lambda seed: optuna.samplers.NSGAIISampler(seed=seed), multi_objective=True),
+}
+SEARCHERS = tuple(SAMPLERS)
+# How each cost objective is optimised; the task's metrics are maximised.
+COSTS = ("params", "flops", "latency_ms")
+
+
+def _suggest(trial: optuna.Trial, key: str, dist: Distribution) -> None:
+    if dist.kind == "loguniform":
+        trial.suggest_float(key, dist.values[0], dist.values[1], log=True)
+    elif dist.kind == "uniform":
+        trial.suggest_float(key, dist.values[0], dist.values[1])
+    elif dist.kind == "int":
+        trial.suggest_int(key, dist.values[0], dist.values[1])
+    else:
+        trial.suggest_categorical(key, list(dist.values))
 
 
 class DefineByRun:
     """Optuna define-by-run space: one categorical per policy choice plus the `distill` distributions.
 
-    A module-level class, because Ray pickles the searcher with the space inside it.
+    An over-budget proposal is repaired (fewest changed choices) and the repaired picks are returned as
+    the trial's `repaired` constant, which the trainable trains instead. A module-level class, because
+    Ray pickles the searcher with the space inside it.
     """
 
     def __init__(self, choices: PolicyChoices, searched: Mapping[str, Distribution]):
         self.choices, self.searched = choices, dict(searched)
 
-    def __call__(self, trial: optuna.Trial) -> None:
+    def __call__(self, trial: optuna.Trial) -> dict:
         picks = {c.key: trial.suggest_categorical(c.name, list(c.ops)) for c in self.choices.choices}
-        if self.choices.max_params is not None:
-            over = self.choices.params(self.choices.policy(picks)) - self.choices.max_params
-            trial.set_constraint("params_over_budget", over)  # samplers steer towards feasible policies
         for name, dist in self.searched.items():
-            key = f"distill/{name}"
-            if dist.kind == "loguniform":
-                trial.suggest_float(key, dist.values[0], dist.values[1], log=True)
-            elif dist.kind == "uniform":
-                trial.suggest_float(key, dist.values[0], dist.values[1])
-            elif dist.kind == "int":
-                trial.suggest_int(key, dist.values[0], dist.values[1])
-            else:
-                trial.suggest_categorical(key, list(dist.values))
+            _suggest(trial, f"distill/{name}", dist)
+        proposal = trial.user_attrs.get("proposal", "optuna")  # the library's solver enqueued its proposals
+        if self.choices.feasible_picks(picks):
+            return {"proposal": proposal}
+        trial.set_user_attr("repaired", True)
+        return {"proposal": "repaired", "repaired": self.choices.repair(picks)}
 
 
-class PruningAwareOptunaSearch(OptunaSearch):
-    """Tells Optuna that a trial ASHA stopped is PRUNED (Ray's OptunaSearch says COMPLETE with its last value)."""
+class TellingOptunaSearch(OptunaSearch):
+    """Tells Optuna what happened: ASHA-stopped trials PRUNED and failed ones FAILED.
+
+    Ray's OptunaSearch reports a stopped trial COMPLETE with its last value, and an errored trial with
+    whatever it reported last. `first` trials are enqueued before any sample, tagged `proposal: library`.
+    """
+
+    def __init__(self, *args, first: list[dict] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        for point in first:
+            self._ot_study.enqueue_trial(point, user_attrs={"proposal": "library"})
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        stopped = (
-            result is not None
-            and not error
-            and not result.get("infeasible", False)
-            and result.get("epoch", 0) < result.get("epochs_total", 0)
-        )
-        if not stopped or trial_id in self._completed_trials:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             super().on_trial_complete(trial_id, result=result, error=error)
             return
-        self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+        failed = error or (result is not None and result.get("error_reason") is not None)
+        stopped = (
+            result is not None and not failed and not result.get("infeasible", False)
+            and result.get("epoch", 0) < result.get("epochs_total", 0)
+        )
+        if not failed and not stopped:
+            super().on_trial_complete(trial_id, result=result, error=error)
+            return
+        self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.FAIL if failed else TrialState.PRUNED)
         self._completed_trials.add(trial_id)
 
 
-def make_searcher(space: Space, choices: PolicyChoices) -> OptunaSearch:
-    seed = space.search.seed
-    if space.search.searcher == "nsga2":
-        sampler = optuna.samplers.NSGAIISampler(seed=seed)
-        metric, mode = ["params", "miou"], ["min", "max"]
-    else:
-        if space.search.searcher == "random":
-            sampler = optuna.samplers.RandomSampler(seed=seed)
-        else:
-            sampler = optuna.samplers.TPESampler(seed=seed)
-        metric, mode = "score", "max"
-    return PruningAwareOptunaSearch(space=DefineByRun(choices, space.searched), metric=metric, mode=mode, sampler=sampler)
+def objectives(space: Space) -> tuple[list[str], list[str]]:
+    """Result keys and modes the searcher optimises: the score alone, or the space's objectives (multi-objective)."""
+    if not SAMPLERS[space.search.searcher].multi_objective:
+        return ["score"], ["max"]
+    names = list(space.search.objectives)
+    return names, ["min" if name in COSTS else "max" for name in names]
+
+
+def first_points(space: Space, choices: PolicyChoices) -> list[dict]:
+    """The plug library solver's proposals as Optuna parameters, with the space's defaults for searched settings."""
+    if not choices.layer_drop or space.search.proposals == 0:
+        return []
+    defaults = {f"distill/{name}": d.default for name, d in space.searched.items() if d.default is not None}
+    return [{**{f"policy/{key}": op for key, op in picks.items()}, **defaults}
+            for picks in choices.proposals(space.search.proposals)]
+
+
+def make_searcher(space: Space, choices: PolicyChoices, storage: optuna.storages.BaseStorage | None = None) -> OptunaSearch:
+    """The searcher; `storage` keeps its study (the experiment's SQLite file). The library's proposals go first."""
+    metric, mode = objectives(space)
+    points = first_points(space, choices)
+    return TellingOptunaSearch(
+        space=DefineByRun(choices, space.searched),
+        metric=metric if len(metric) > 1 else metric[0],
+        mode=mode if len(mode) > 1 else mode[0],
+        sampler=SAMPLERS[space.search.searcher].build(space.search.seed),
+        storage=storage,
+        study_name="plugkd",
+        first=points,
+    )
 
 
 def make_scheduler(space: Space) -> TrialScheduler:
+    """ASHA over epochs (a resumed trial is judged by its epoch, not by how many reports it made), or FIFO."""
     asha = space.search.asha
     if asha is None:
         return FIFOScheduler()
     return ASHAScheduler(
-        time_attr="training_iteration",
+        time_attr="epoch",
         metric="score",
         mode="max",
         max_t=asha.max_t or space.distill.epochs,

@@ -11,19 +11,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
+import dataclasses
+
 import yaml
 
+from data import kinds
 from data.errors import InputError
-from trainable import models
+from data.settings import Augment, DataSettings, EvalSettings, Split
+from search.searcher import COSTS, SEARCHERS
+from trainable import losses, models, tasks
 from trainable.config import DistillSettings, TeacherSettings
-from data.settings import DataSettings
-from data.settings import EvalSettings
+from trainable.library import LibrarySettings
 from trainable.ops import parse_op
 
 SECTIONS = ("teacher", "data", "policy", "distill", "search")
+OPTIONAL_SECTIONS = ("library",)
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
-SEARCHERS = ("tpe", "nsga2", "random")
-SCORES = ("miou",)
 # Distillation settings that may not be searched: they shape the trial, not the student.
 FIXED_ONLY = ("epochs", "steps_per_epoch", "seed")
 
@@ -49,6 +52,7 @@ class PolicySpace:
     groups: tuple[LayerGroup, ...]
     max_param_ratio: float | None = None
     max_params: int | None = None
+    max_latency_ratio: float | None = None
 
 
 @dataclass(frozen=True)
@@ -60,15 +64,18 @@ class AshaSettings:
 
 @dataclass(frozen=True)
 class SearchSettings:
+    score: str  # a metric of the teacher's task (its default score when the space does not say)
     num_samples: int = 16
-    searcher: Literal["tpe", "nsga2", "random"] = "tpe"
+    searcher: str = "tpe"
     asha: AshaSettings | None = AshaSettings()
-    score: str = "miou"
     cpu: float = 1.0
     gpu: float = 0.0
     max_concurrent: int = 1
     seed: int = 0
     retrain_epochs: int | None = None
+    objectives: tuple[str, ...] = ()  # what a multi-objective searcher optimises; () = params and the score
+    proposals: int = 4  # first trials the plug library's solver proposes (budgets spread over the feasible range)
+    max_failures: int = 2  # retries of a trial whose worker died (from its last checkpoint)
 
 
 @dataclass(frozen=True)
@@ -90,10 +97,32 @@ class Space:
     distill: DistillSettings
     searched: dict[str, Distribution]
     search: SearchSettings
+    library: LibrarySettings | None = None
 
     @property
     def name(self) -> str:
         return self.path.stem
+
+    @property
+    def task(self) -> tasks.Task:
+        return tasks.get(self.teacher.task)
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The task's metrics for this teacher, the search's score first."""
+        names = self.task.metrics(self.teacher.num_classes or self.data.num_classes or 1000)
+        return (self.search.score, *(name for name in names if name != self.search.score))
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(H, W) of one training input: what FLOPs and latency are measured at."""
+        return kinds.kind(self.data.dataset).input_size(self.data)
+
+
+def default(cls: type, name: str) -> Any:
+    """The default of a settings dataclass's field: the one source of every default a space may omit."""
+    f = cls.__dataclass_fields__[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 # ---- rules: what one value must be, as a test and the words that say it -------------------------
@@ -212,50 +241,108 @@ class _Section:
         return _Section(self.path, self.where(key), self.raw[key], fields)
 
 
-# Distillation runs on Cityscapes-layout data and is scored by mIoU: a space's teacher is a segmenter.
-SEGMENTATION_ARCHS = tuple(a for a in models.archs() if models.info(a).task == "segmentation")
-
-
 def _resolve(value: str) -> Path:
     path = Path(value)
     return path if path.is_absolute() else Path.cwd() / path
 
 
-def _teacher(s: _Section) -> tuple[TeacherSettings, TeacherTraining | None]:
-    teacher = TeacherSettings(
-        arch=s.get("arch", _text(*SEGMENTATION_ARCHS)),
-        num_classes=s.get("num_classes", _int(1), 19),
-        width=float(s.get("width", _num(0, strict=True), 1.0)),
+def _is_arch(v: Any) -> bool:
+    return isinstance(v, str) and (v in models.archs() or (v.count(":") == 1 and all(v.split(":"))))
+
+
+_ARCH = _Rule(f"a zoo arch ({', '.join(models.archs())}) or module:callable", _is_arch, "text")
+_MAPPING = _Rule("a mapping of keyword arguments", lambda v: isinstance(v, Mapping) and all(isinstance(k, str) for k in v))
+
+
+def _teacher(s: _Section, folder: Path) -> tuple[TeacherSettings, TeacherTraining | None]:
+    arch = s.get("arch", _ARCH)
+    if models.is_zoo(arch):
+        if "args" in s.raw:
+            raise s.error("args", f"num_classes and width for the zoo arch {arch} (args are for module:callable)", s.raw["args"])
+        zoo_task = models.info(arch).task
+        task = s.get("task", _Rule(f"{zoo_task} (the task of {arch})", lambda v: v == zoo_task, "text"), zoo_task)
+        args = {}  # what the space does not give, the zoo builder's own defaults decide
+        if "num_classes" in s.raw:
+            args["num_classes"] = s.get("num_classes", _int(1))
+        if "width" in s.raw:
+            args["width"] = float(s.get("width", _num(0, strict=True)))
+    else:
+        for key in ("num_classes", "width"):
+            if key in s.raw:
+                raise s.error(key, f"no {key} for a module:callable arch (give it in teacher.args)", s.raw[key])
+        args = dict(s.get("args", _MAPPING, {}))
+        task = s.get("task", _text(*tasks.names()))
+    teacher = TeacherSettings.of(
+        arch, task=task, args=args,
         checkpoint=_resolve(s.get("checkpoint", _PATH)),
+        strip_prefix=s.get("strip_prefix", _text(), None),
+        search_path=folder,
     )
+    if not models.is_zoo(arch):
+        try:
+            models.resolve(arch, teacher.search_path)
+        except InputError as err:
+            raise InputError(f"{s.path}: teacher.arch: {err}") from None
     t = s.section("train", ("epochs", "lr", "batch_size"), optional=True)
     if t is None:
         return teacher, None
     return teacher, TeacherTraining(
-        epochs=t.get("epochs", _int(1), 10),
-        lr=float(t.get("lr", _num(0, strict=True), 1e-3)),
-        batch_size=t.get("batch_size", _int(1), 8),
+        epochs=t.get("epochs", _int(1), default(TeacherTraining, "epochs")),
+        lr=float(t.get("lr", _num(0, strict=True), default(TeacherTraining, "lr"))),
+        batch_size=t.get("batch_size", _int(1), default(TeacherTraining, "batch_size")),
     )
 
 
-def _data(s: _Section) -> DataSettings:
-    s.get("dataset", _text("cityscapes"), "cityscapes")
+_STAT = _list(_num(0), length=3)
+
+
+def _split(s: _Section, key: str, paired: bool) -> str | Split:
+    """A labeled split: a folder below the root, or {images, masks} for kinds of image/mask pairs."""
+    if not paired:
+        return s.get(key, _text(), default(DataSettings, key))
+    if key not in s.raw:
+        raise InputError(f"{s.path}: {s.where(key)}: missing; expected {{images: DIR, masks: DIR}}")
+    split = _Section(s.path, s.where(key), s.raw[key], ("images", "masks"))
+    return Split(split.get("images", _PATH), split.get("masks", _PATH))
+
+
+def _data(s: _Section, task: str) -> DataSettings:
+    name = s.get("dataset", _text(*kinds.names()), default(DataSettings, "dataset"))
+    kind = kinds.kind(name)
+    if kind.task != task:
+        raise s.error("dataset", f"a dataset kind for a {task} teacher (this one is {kind.task})", name)
+    d = lambda key: default(DataSettings, key)  # noqa: E731
+    paired = name == "pairs"
+    augment = s.section("augment", ("crop", "flip"), optional=True)
     return DataSettings(
         root=_resolve(s.get("root", _PATH)),
-        unlabeled=tuple(s.get("unlabeled", _list(_PATH), ["leftImg8bit/train"])),
-        train=s.get("train", _text(), "train"),
-        val=s.get("val", _text(), "val"),
-        crop=tuple(s.get("crop", _list(_int(1), length=2))),
-        scale=tuple(float(x) for x in s.get("scale", _list(_num(0, strict=True), length=2, ordered=True), [0.5, 2.0])),
-        batch_size=s.get("batch_size", _int(1), 2),
-        workers=s.get("workers", _int(0), 0),
+        dataset=name,
+        unlabeled=tuple(s.get("unlabeled", _list(_PATH), list(d("unlabeled")))),
+        train=_split(s, "train", paired) if not paired or "train" in s.raw else d("train"),
+        val=_split(s, "val", paired),
+        mean=tuple(float(x) for x in s.get("mean", _STAT, list(d("mean")))),
+        std=tuple(float(x) for x in s.get("std", _list(_num(0, strict=True), length=3), list(d("std")))),
+        batch_size=s.get("batch_size", _int(1), d("batch_size")),
+        workers=s.get("workers", _int(0), d("workers")),
+        max_val_images=s.get("max_val_images", _nullable(_int(1)), d("max_val_images")),
+        crop=tuple(s.get("crop", _list(_int(1), length=2), list(d("crop")))),
+        scale=tuple(float(x) for x in s.get("scale", _list(_num(0, strict=True), length=2, ordered=True), list(d("scale")))),
         eval=EvalSettings(
-            mode=s.get("eval", _text("whole", "sliding"), "whole"),
-            crop=s.get("eval_crop", _int(1), 1024),
-            flip=s.get("eval_flip", _FLAG, False),
-            scales=tuple(float(x) for x in s.get("eval_scales", _list(_num(0, strict=True)), [1.0])),
+            mode=s.get("eval", _text("whole", "sliding"), default(EvalSettings, "mode")),
+            crop=s.get("eval_crop", _int(1), default(EvalSettings, "crop")),
+            flip=s.get("eval_flip", _FLAG, default(EvalSettings, "flip")),
+            scales=tuple(float(x) for x in s.get("eval_scales", _list(_num(0, strict=True)), list(default(EvalSettings, "scales")))),
         ),
-        max_val_images=s.get("max_val_images", _nullable(_int(1)), None),
+        num_classes=s.get("num_classes", _nullable(_int(1)), d("num_classes")),
+        ignore_index=s.get("ignore_index", _int(0), d("ignore_index")),
+        mask_suffix=s.get("mask_suffix", _Rule("a string", lambda v: isinstance(v, str), "text"), d("mask_suffix")),
+        classes=(lambda v: None if v is None else tuple(v))(s.get("classes", _nullable(_list(_text(), distinct=True)), None)),
+        image_size=s.get("image_size", _int(1), d("image_size")),
+        eval_resize=s.get("eval_resize", _nullable(_int(1)), d("eval_resize")),
+        augment=Augment(
+            crop=augment.get("crop", _text("pad", "resized", "none"), default(Augment, "crop")),
+            flip=augment.get("flip", _FLAG, default(Augment, "flip")),
+        ) if augment is not None else d("augment"),
     )
 
 
@@ -270,11 +357,15 @@ def _policy(s: _Section) -> PolicySpace:
             ops=tuple(g.get("ops", _list(_OP, distinct=True))),
             per_layer=g.get("per_layer", _FLAG, False),
         ))
-    budget = s.section("budget", ("max_param_ratio", "max_params"), optional=True)
+    budget = s.section("budget", ("max_param_ratio", "max_params", "max_latency_ratio"), optional=True)
     if budget is None:
         return PolicySpace(tuple(groups))
     ratio = budget.get("max_param_ratio", _num(0, strict=True, high=1), None)
-    return PolicySpace(tuple(groups), None if ratio is None else float(ratio), budget.get("max_params", _int(1), None))
+    latency = budget.get("max_latency_ratio", _num(0, strict=True), None)
+    return PolicySpace(
+        tuple(groups), None if ratio is None else float(ratio), budget.get("max_params", _int(1), None),
+        None if latency is None else float(latency),
+    )
 
 
 # What each distillation setting accepts, fixed or as the values of a distribution.
@@ -284,6 +375,7 @@ _DISTILL = {
     "w_hint": _num(0),
     "w_kd": _num(0),
     "w_ce": _num(0),
+    "w_edge": _num(0),
     "temperature": _num(0, strict=True),
     "schedule": _text("oneshot", "progressive"),
     "train": _text("plugged", "all"),
@@ -295,6 +387,8 @@ _DISTILL = {
     "warmup_steps": _int(0),
     "accumulate": _int(1),
     "seed": _int(0),
+    "init": _text("library", "scratch"),
+    "precision": _text("auto", "bf16", "fp32"),
 }
 # The distributions that can search a setting of each kind (a float setting may take integer values).
 _SEARCHABLE = {"float": DISTRIBUTIONS, "int": ("int", "choice"), "text": ("choice",)}
@@ -356,34 +450,56 @@ def _asha(s: _Section, epochs: int) -> AshaSettings | None:
     last = max_t if max_t is not None else epochs
     grace = _Rule(f"an integer >= 1 and <= {limit}", lambda v: _is_int(v) and 1 <= v <= last)
     return AshaSettings(
-        grace_period=a.get("grace_period", grace, 1),
-        reduction_factor=a.get("reduction_factor", _int(2), 3),
+        grace_period=a.get("grace_period", grace, default(AshaSettings, "grace_period")),
+        reduction_factor=a.get("reduction_factor", _int(2), default(AshaSettings, "reduction_factor")),
         max_t=max_t,
     )
 
 
-def _search(s: _Section, epochs: int) -> SearchSettings:
+def _search(s: _Section, epochs: int, task: tasks.Task, num_classes: int | None) -> SearchSettings:
     resources = s.section("resources", ("cpu", "gpu"), optional=True)
+    d = lambda key: default(SearchSettings, key)  # noqa: E731
+    metrics = task.metrics(num_classes if num_classes is not None else 1000)
+    score = s.get("score", _text(*metrics), task.score)
     return SearchSettings(
-        num_samples=s.get("num_samples", _int(1), 16),
-        searcher=s.get("searcher", _text(*SEARCHERS), "tpe"),
+        score=score,
+        num_samples=s.get("num_samples", _int(1), d("num_samples")),
+        searcher=s.get("searcher", _text(*SEARCHERS), d("searcher")),
         asha=_asha(s, epochs),
-        score=s.get("score", _text(*SCORES), "miou"),
-        cpu=float(resources.get("cpu", _num(0, strict=True), 1.0)) if resources else 1.0,
-        gpu=float(resources.get("gpu", _num(0), 0.0)) if resources else 0.0,
-        max_concurrent=s.get("max_concurrent", _int(1), 1),
-        seed=s.get("seed", _int(0), 0),
-        retrain_epochs=s.get("retrain_epochs", _nullable(_int(1)), None),
+        cpu=float(resources.get("cpu", _num(0, strict=True), d("cpu"))) if resources else d("cpu"),
+        gpu=float(resources.get("gpu", _num(0), d("gpu"))) if resources else d("gpu"),
+        max_concurrent=s.get("max_concurrent", _int(1), d("max_concurrent")),
+        seed=s.get("seed", _int(0), d("seed")),
+        retrain_epochs=s.get("retrain_epochs", _nullable(_int(1)), d("retrain_epochs")),
+        objectives=tuple(s.get("objectives", _list(_text(*COSTS, *metrics), distinct=True), ["params", score])),
+        max_failures=s.get("max_failures", _int(0), d("max_failures")),
+        proposals=s.get("proposals", _int(0), d("proposals")),
+    )
+
+
+def _library(s: _Section | None) -> LibrarySettings | None:
+    if s is None:
+        return None
+    d = lambda key: default(LibrarySettings, key)  # noqa: E731
+    return LibrarySettings(
+        epochs=s.get("epochs", _int(1), d("epochs")),
+        lr=float(s.get("lr", _num(0, strict=True), d("lr"))),
+        batch_size=s.get("batch_size", _int(1), d("batch_size")),
+        cache=_resolve(s.get("cache", _PATH, str(d("cache")))),
+        max_activation_bytes=s.get("max_activation_bytes", _int(1), d("max_activation_bytes")),
     )
 
 
 _FIELDS = {
-    "teacher": ("arch", "num_classes", "width", "checkpoint", "train"),
-    "data": ("dataset", "root", "unlabeled", "train", "val", "crop", "scale", "batch_size", "workers",
-             "eval", "eval_crop", "eval_flip", "eval_scales", "max_val_images"),
+    "teacher": ("arch", "args", "num_classes", "width", "task", "checkpoint", "strip_prefix", "train"),
+    "data": ("dataset", "root", "unlabeled", "train", "val", "mean", "std", "batch_size", "workers", "max_val_images",
+             "crop", "scale", "eval", "eval_crop", "eval_flip", "eval_scales", "num_classes", "ignore_index",
+             "mask_suffix", "classes", "image_size", "eval_resize", "augment"),
     "policy": ("groups", "budget"),
     "distill": tuple(_DISTILL),
-    "search": ("num_samples", "searcher", "scheduler", "score", "resources", "max_concurrent", "seed", "retrain_epochs"),
+    "search": ("num_samples", "searcher", "scheduler", "score", "resources", "max_concurrent", "seed", "retrain_epochs",
+               "objectives", "max_failures", "proposals"),
+    "library": ("epochs", "lr", "batch_size", "cache", "max_activation_bytes"),
 }
 
 
@@ -418,20 +534,36 @@ def _read(path: Path) -> Any:
     return raw
 
 
-def load_space(path: str | Path) -> Space:
-    """Read and validate a space file; InputError (one line: file, field, what was expected) on any fault."""
+def _check_edge(s: _Section, teacher: TeacherSettings, distill: DistillSettings,
+                searched: Mapping[str, Distribution]) -> None:
+    """A space whose w_edge may be > 0 needs a teacher with an edge output (`return_edge`, as GSCNN's forward)."""
+    values = searched["w_edge"].values if "w_edge" in searched else (distill.w_edge,)
+    if max(values) > 0 and not losses.has_edge_output(teacher.structure()):
+        raise s.error("w_edge", f"0 for teacher {teacher.arch}, whose forward has no return_edge (no edge output "
+                                "to distil)", s.raw["w_edge"])
+
+
+def load_space(path: str | Path, folder: Path | None = None) -> Space:
+    """Read and validate a space file; InputError (one line: file, field, what was expected) on any fault.
+
+    A `module:callable` teacher is imported from `folder` first (default: the space file's folder).
+    """
     path = Path(path)
-    top = _Section(path, "", _read(path), SECTIONS)
+    top = _Section(path, "", _read(path), SECTIONS + OPTIONAL_SECTIONS)
     sections = {name: top.section(name, _FIELDS[name]) for name in SECTIONS}
-    teacher, training = _teacher(sections["teacher"])
+    teacher, training = _teacher(sections["teacher"], folder or path.resolve().parent)
     distill, searched = _distill(sections["distill"])
+    _check_edge(sections["distill"], teacher, distill, searched)
+    data = _data(sections["data"], teacher.task)
+    classes = teacher.num_classes or data.num_classes or (len(data.classes) if data.classes else None)
     return Space(
         path=path,
         teacher=teacher,
         teacher_training=training,
-        data=_data(sections["data"]),
+        data=data,
         policy=_policy(sections["policy"]),
         distill=distill,
         searched=searched,
-        search=_search(sections["search"], distill.epochs),
+        search=_search(sections["search"], distill.epochs, tasks.get(teacher.task), classes),
+        library=_library(top.section("library", _FIELDS["library"], optional=True)),
     )

@@ -1,4 +1,8 @@
-"""Train (supervised) or evaluate a space's teacher: `python search/teacher.py --space FILE [--evaluate]`."""
+"""Train (supervised) or evaluate a space's teacher: `python search/teacher.py --space FILE [--evaluate]`.
+
+Training needs a zoo arch and a labeled `train` split of any dataset kind; `--evaluate` prints the
+teacher's val metrics as JSON (classification: top1, top5, images; segmentation: miou, per-class IoU).
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,25 +13,29 @@ import torch
 
 from data.errors import InputError, run_cli
 from search.space import load_space
+from trainable.checkpoint import save_atomic
 from trainable.config import pick_device
-from trainable.evaluate import evaluate
+from trainable.inventory import output_classes
 from trainable.loaders import val_loader
 from trainable.supervised import train_supervised
-from trainable.checkpoint import save_atomic
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="search/teacher.py", description=__doc__)
+    parser = argparse.ArgumentParser(prog="search/teacher.py", description=__doc__.splitlines()[0])
     parser.add_argument("--space", required=True, help="space file whose teacher to train or evaluate")
     parser.add_argument("--evaluate", action="store_true", help="only evaluate teacher.checkpoint on the val split")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     space = load_space(args.space)
     device = pick_device(args.device)
-    t = space.teacher
+    t, task = space.teacher, space.task
+    classes = output_classes(t.structure(), space.input_size)
     if args.evaluate:
+        if not t.checkpoint.is_file():
+            raise InputError(f"{space.path}: teacher.checkpoint: file {t.checkpoint} not found")
         teacher = t.build().to(device)
-        result = evaluate(teacher, val_loader(space.data), space.data.eval, t.num_classes, device)
+        loader = val_loader(space.data, task.eval_batch_size(space.data))
+        result = task.evaluate(teacher, loader, space.data, classes, device)
         print(json.dumps({"checkpoint": str(t.checkpoint), **result.to_json()}, indent=2))
         return 0
     if space.teacher_training is None:
@@ -35,14 +43,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     training = space.teacher_training
     torch.manual_seed(space.search.seed)  # the initial weights: the demo's teacher is the same on every machine run
     teacher = t.build(load=False).train().requires_grad_(True)
-    print(f"training {t.arch} (width {t.width}) for {training.epochs} epochs on {space.data.root}", flush=True)
-    miou = train_supervised(
-        teacher, space.data, training.epochs, training.lr, training.batch_size, t.num_classes, device,
+    print(f"training {t.arch} {t.arch_args} for {training.epochs} epochs on {space.data.root}", flush=True)
+    scores = train_supervised(
+        teacher, task, space.data, training.epochs, training.lr, training.batch_size, classes, device,
         seed=space.search.seed, log=lambda line: print(line, flush=True),
     )
     save_atomic(teacher.cpu().state_dict(), t.checkpoint)
-    t.checkpoint.with_suffix(".json").write_text(json.dumps({"arch": t.arch, **t.arch_args, "miou": miou}, indent=2))
-    print(f"teacher written to {t.checkpoint} (val mIoU {miou:.4f})")
+    t.checkpoint.with_suffix(".json").write_text(json.dumps({"arch": t.arch, **t.arch_args, **scores}, indent=2))
+    shown = ", ".join(f"val {name} {value:.4f}" for name, value in scores.items())
+    print(f"teacher written to {t.checkpoint} ({shown})")
     return 0
 
 

@@ -18,6 +18,7 @@ from data.synthetic import generate  # noqa: E402
 from trainable.checkpoint import save_atomic  # noqa: E402
 from trainable.config import TeacherSettings  # noqa: E402
 from data.settings import DataSettings  # noqa: E402
+from trainable import tasks  # noqa: E402
 from trainable.supervised import train_supervised  # noqa: E402
 
 TEACHER_WIDTH = 0.125
@@ -52,10 +53,11 @@ def data_settings(synthetic_root) -> DataSettings:
 def trained_teacher(tmp_path_factory, data_settings) -> TrainedTeacher:
     """A narrow DeepWV3Plus trained (supervised) on the synthetic train split for about half a minute."""
     path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
-    settings = TeacherSettings("deepwv3plus", num_classes=19, width=TEACHER_WIDTH, checkpoint=path)
+    settings = TeacherSettings.of("deepwv3plus", args={"num_classes": 19, "width": TEACHER_WIDTH}, checkpoint=path)
     torch.manual_seed(0)
     model = settings.build(load=False).train().requires_grad_(True)
-    miou = train_supervised(model, data_settings, epochs=40, lr=1e-2, batch_size=8, num_classes=19,
-                            device=torch.device("cpu"), log=lambda line: None)
+    scores = train_supervised(model, tasks.get("segmentation"), data_settings, epochs=40, lr=1e-2, batch_size=8,
+                              num_classes=19, device=torch.device("cpu"), log=lambda line: None)
+    miou = scores["miou"]
     save_atomic(model.state_dict(), path)
     return TrainedTeacher(settings, miou)

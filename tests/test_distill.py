@@ -22,7 +22,7 @@ def dws_everywhere(teacher: torch.nn.Module) -> dict[str, str]:
 def run(trained_teacher, data_settings, policy, **overrides) -> Distillation:
     settings = replace(DistillSettings(epochs=2, lr=5e-3, seed=0), **overrides)
     return Distillation(trained_teacher.settings.build(), trained_teacher.settings, policy, data_settings, settings,
-                        device=CPU, teacher_miou=trained_teacher.miou, log=lambda line: None)
+                        device=CPU, teacher_metrics={"miou": trained_teacher.miou}, log=lambda line: None)
 
 
 def test_teacher_learned_the_synthetic_scenes(trained_teacher):
@@ -42,7 +42,7 @@ def test_empty_policy_has_zero_losses_and_the_teacher_miou(trained_teacher, data
 def test_dws_student_distills_on_images_alone_toward_the_teacher(trained_teacher, data_settings):
     teacher = trained_teacher.settings.build()
     distillation = run(trained_teacher, data_settings, dws_everywhere(teacher), epochs=5, lr=2e-2)
-    before = distillation.evaluate_student().miou
+    before = distillation.evaluate_student()["miou"]
     history = distillation.fit()
     mious = [before] + [m["miou"] for m in history]
     assert distillation.labeled is False
@@ -126,7 +126,7 @@ def test_tensorboard_scalars_and_image_grid_are_written(trained_teacher, data_se
     settings = DistillSettings(epochs=1, steps_per_epoch=1, seed=0)
     Distillation(trained_teacher.settings.build(), trained_teacher.settings, {"mod6.block1.convs.conv2": "dws"},
                  data_settings, settings, log_dir=tmp_path / "tb", device=CPU,
-                 teacher_miou=trained_teacher.miou, log=lambda line: None).fit()
+                 teacher_metrics={"miou": trained_teacher.miou}, log=lambda line: None).fit()
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0}).Reload()
     assert {"epoch/miou", "epoch/loss_hint", "epoch/loss_kd", "train/loss"} <= set(events.Tags()["scalars"])
     grid = events.Images("val/input_teacher_student")[0]

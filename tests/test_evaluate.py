@@ -14,9 +14,11 @@ from PIL import Image
 from torch import nn
 
 from data.errors import run_cli
+from data.settings import DataSettings
+from trainable import tasks
 from data.labels import CLASS_NAMES, NUM_CLASSES, TRAIN_TO_LABEL_ID, train_to_label_lut
 from trainable.evaluate import (
-    EvalResult, EvalSettings, confusion_matrix, evaluate, infer_logits, iou_per_class, main, mean_iou, tile_starts,
+    EvalResult, EvalSettings, confusion_matrix, infer_logits, iou_per_class, main, mean_iou, tile_starts,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +34,7 @@ def test_hand_made_miou_with_absent_and_false_positive_only_classes():
     assert iou_per_class(conf)[3] is None
     assert mean_iou(conf) == pytest.approx(1 / 3)
     result = EvalResult.from_confusion(conf)
-    assert result.to_json() == {"mIoU": mean_iou(conf), "per_class": dict(zip(
+    assert result.to_json() == {"miou": mean_iou(conf), "mIoU": mean_iou(conf), "per_class": dict(zip(
         ["class0", "class1", "class2", "class3"], iou_per_class(conf)))}
 
 
@@ -117,6 +119,49 @@ def test_multi_scale_on_constant_image_keeps_logits():
         torch.testing.assert_close(got, infer_logits(model, images, EvalSettings()))
 
 
+def _pil_resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """PIL's bilinear resize of each channel (antialiased when shrinking), the reference for the image pyramid."""
+    height, width = size
+    bilinear = Image.Resampling.BILINEAR
+    resized = [[Image.fromarray(plane.numpy()).resize((width, height), bilinear) for plane in im] for im in images]
+    return torch.from_numpy(np.array([[np.asarray(channel) for channel in image] for image in resized]))
+
+
+def _half_pixel_bilinear(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize with half-pixel centres and no antialiasing (OpenCV's INTER_LINEAR), written out in numpy."""
+    def taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        source = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+        low = np.floor(source).astype(int)
+        return low, np.minimum(low + 1, n_in - 1), source - low
+
+    (y0, y1, fy), (x0, x1, fx) = taps(logits.shape[-2], size[0]), taps(logits.shape[-1], size[1])
+    values = logits.double().numpy()
+    rows = values[..., y0, :] * (1 - fy)[:, None] + values[..., y1, :] * fy[:, None]
+    return torch.from_numpy(rows[..., x0] * (1 - fx) + rows[..., x1] * fx).float()
+
+
+@pytest.mark.parametrize("mode,kernel", [("whole", 3), ("sliding", 1)])
+def test_multi_scale_flip_equals_mean_of_single_scale_runs(mode, kernel):
+    """scales (0.5, 1, 1.5) x flips: each of the 6 runs counts 1/6, at int(side * scale) px, resized back to 13x21."""
+    model, images = _conv(kernel), _image(13, 21)
+    with torch.no_grad():  # break the conv's mirror symmetry so that a flip that is not undone shows
+        model.weight[..., 0] += 0.5
+    sizes = []
+    model.register_forward_hook(lambda _m, inputs, _o: sizes.append(tuple(inputs[0].shape[-2:])))
+    got = infer_logits(model, images, EvalSettings(mode=mode, crop=8, scales=(0.5, 1.0, 1.5), flip=True))
+    if mode == "whole":  # int(), not round(): 13 * 1.5 = 19.5 -> 19, 21 * 1.5 = 31.5 -> 31
+        assert sizes == [(6, 10), (6, 10), (13, 21), (13, 21), (19, 31), (19, 31)]
+    runs = []
+    with torch.no_grad():  # a 1x1 conv sees the same pixels in tiles as in the whole image
+        for size in [(6, 10), (13, 21), (19, 31)]:
+            scaled = images if size == (13, 21) else _pil_resize(images, size)
+            for logits in (model(scaled), model(scaled.flip(-1)).flip(-1)):
+                runs.append(logits if size == (13, 21) else _half_pixel_bilinear(logits, (13, 21)))
+    assert got.shape == (2, 5, 13, 21)
+    torch.testing.assert_close(got, torch.stack(runs).mean(0), rtol=0, atol=2e-5)
+    assert not torch.allclose(got, runs[2], atol=1e-2)  # the scales change the result: the test is not vacuous
+
+
 class _Oracle(nn.Module):
     """Predicts the class stored in the first input channel (and one wrong class on the first row)."""
 
@@ -126,18 +171,19 @@ class _Oracle(nn.Module):
         return nn.functional.one_hot(labels, 3).permute(0, 3, 1, 2).float()
 
 
-def test_evaluate_scores_batches_and_restores_mode():
+def test_segmentation_task_scores_batches_and_restores_mode(tmp_path):
     masks = torch.randint(0, 2, (3, 6, 8))
     masks[:, -1] = 255
     images = masks.clamp(max=1).float().unsqueeze(1).repeat(1, 3, 1, 1)
     loader = [(images[:2], masks[:2]), (images[2:], masks[2:])]
     model = _Oracle().train()
-    result = evaluate(model, loader, EvalSettings(mode="sliding", crop=4), num_classes=3)
+    data = DataSettings(root=tmp_path, eval=EvalSettings(mode="sliding", crop=4))
+    result = tasks.get("segmentation").evaluate(model, loader, data, num_classes=3)
     assert model.training
     expected = confusion_matrix(model(images).argmax(1), masks, 3)
-    assert result.miou == mean_iou(expected)
-    assert list(result.per_class) == ["class0", "class1", "class2"]
-    assert result.per_class["class2"] == 0.0
+    assert result["miou"] == mean_iou(expected)
+    assert list(result.details["per_class"]) == ["class0", "class1", "class2"]
+    assert result.details["per_class"]["class2"] == 0.0
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from data.errors import run_cli
-from trainable import inspect as inspect_cli
+from trainable import layers as inspect_cli
 from trainable.inventory import Layer, count_flops, count_params, inventory, select, unmatched_patterns
 from trainable.models import build
 from trainable.surgery import apply_policy

@@ -29,12 +29,15 @@ def test_state_dict_matches_reference_list_and_param_count():
     with torch.device("meta"):
         model = models.build("deepwv3plus", num_classes=19)
     state = model.state_dict()
-    assert [(k, tuple(v.shape)) for k, v in state.items()] == reference_keys()
+    assert [(k, tuple(v.shape)) for k, v in state.items()] == reference_keys()  # deepwv3plus_keys.tsv (§6)
+    # §1 parameter table, "total": NVIDIA's class built under torch 2.13 CPU (their log: "Model params = 137.1M")
     assert sum(p.numel() for p in model.parameters()) == 137_103_936
     assert not any(m.bias is not None for m in model.modules() if isinstance(m, torch.nn.Conv2d))
 
 
 def test_deterministic_weights_reproduce_reference_logits():
+    """§11B of shared/reference/deepwv3plus.md: its weight-fill recipe, its input, its results from NVIDIA's code
+    (CPU, fp32, eval mode; bit-identical under torch 2.4.1 and 2.13.0), and its tolerance of about 1e-4 per logit."""
     model = models.build("deepwv3plus", num_classes=19).eval()
     state = {}
     for i, (key, shape) in enumerate(reference_keys()):
@@ -51,19 +54,22 @@ def test_deterministic_weights_reproduce_reference_logits():
             state[key] = 1 + 0.1 * torch.randn(shape, generator=gen)
     model.load_state_dict(state, strict=True)
     x = torch.randn(1, 3, 128, 256, generator=torch.Generator().manual_seed(12345))
-    assert x[0, 0, 0, 0].item() == pytest.approx(-1.479808, abs=1e-6)
+    assert x[0, 0, 0, 0].item() == pytest.approx(-1.479808, abs=1e-6)  # §11B "Input": the check value of [0,0,0,0]
     with torch.no_grad():
         y = model(x)
-    assert y.shape == (1, 19, 128, 256)
+    assert y.shape == (1, 19, 128, 256)  # §11B table, "output shape"
+    # §11B table, rows y[0,0,0,0], y[0,5,64,128], y[0,18,127,255], y[0,10,31,200]
     for index, value in [((0, 0, 0, 0), -4.321016e-01), ((0, 5, 64, 128), -4.996084e-01),
                          ((0, 18, 127, 255), -2.337549e-01), ((0, 10, 31, 200), -1.982180e00)]:
         assert y[index].item() == pytest.approx(value, abs=1e-4)
+    # §11B table, "per-class mean over pixels, classes 0-18"
     class_means = [-1.03027e-01, 1.64670e00, 2.45489e-01, -2.49053e-01, -6.86389e-03, -4.71840e-01, 5.41592e-02,
                    1.93733e00, -1.10398e00, -1.85673e00, -2.09164e00, 1.24371e00, 9.27332e-01, 8.06880e-01,
                    -2.75596e-01, -2.15391e00, -3.37884e-01, -5.69060e-02, -3.00896e-01]
     assert torch.allclose(y.mean(dim=(0, 2, 3)), torch.tensor(class_means), atol=1e-4)
-    assert y.mean().item() == pytest.approx(-1.129858e-01, abs=1e-5)
+    assert y.mean().item() == pytest.approx(-1.129858e-01, abs=1e-5)  # §11B table, "output mean / std"
     assert y.std().item() == pytest.approx(1.213703, abs=1e-5)
+    # §11B table, "argmax pixel counts per class 0-18"
     counts = torch.bincount(y.argmax(1).flatten(), minlength=19).tolist()
     assert counts == [102, 7950, 0, 0, 0, 0, 114, 20267, 1, 0, 0, 4169, 87, 74, 2, 0, 0, 0, 2]
 
@@ -106,7 +112,11 @@ def test_unknown_arch_and_bad_width():
 
 
 def write_nvidia_file(path: Path, model: torch.nn.Module, drop_counters: bool) -> None:
-    """A file shaped like NVIDIA's cityscapes_best.pth: legacy serialisation, `module.` keys, numpy mean_iu."""
+    """A file shaped like NVIDIA's cityscapes_best.pth: legacy serialisation, `module.` keys, numpy mean_iu.
+
+    The layout is §7 of the reference (read from NVIDIA's training code, not from the file); epoch, mean_iu,
+    lr and command are made-up values of the right types.
+    """
     state = {f"module.{k}": v for k, v in model.state_dict().items()
              if not (drop_counters and k.endswith("num_batches_tracked"))}
     payload = {"state_dict": state, "optimizer": {"state": {}, "param_groups": [{"lr": 0.01, "momentum": 0.9}]},

@@ -52,6 +52,22 @@ def _zoo_kinds() -> dict[str, nn.Conv2d]:
 CONVS = _hand_made() | _zoo_kinds()
 
 
+def _formula_params(conv: nn.Conv2d, op: str) -> int:
+    """Parameters of `op` replacing `conv`, by the formulas of the op definitions (trainable/ops.py's docstring)."""
+    cin, cout, g = conv.in_channels, conv.out_channels, conv.groups
+    k = conv.kernel_size[0] * conv.kernel_size[1]
+    bias = cout if conv.bias is not None else 0
+    kind, arg = parse_op(op)
+    if kind == "dws":  # depthwise kxk, then 1x1 in -> out in g groups
+        return cin * k + cin * cout // g + bias
+    if kind == "group":  # kxk in -> out in g * arg groups, then 1x1 out -> out in g groups
+        return cin * cout * k // (g * arg) + cout * cout // g + bias
+    if kind == "bottleneck":  # 1x1 in -> m, kxk m -> m, 1x1 m -> out, all in g groups
+        mid = cin // arg
+        return (cin * mid + mid * mid * k + mid * cout) // g + bias
+    return cin * arg * k + arg * cout + bias  # lowrank: kxk in -> arg * g (g groups), 1x1 arg * g -> out (g groups)
+
+
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("kind", sorted(CONVS))
 def test_every_op_keeps_the_output_shape(kind: str, op: str) -> None:
@@ -68,7 +84,7 @@ def test_every_op_keeps_the_output_shape(kind: str, op: str) -> None:
         for size in SIZES:
             x = torch.randn(1, conv.in_channels, *size)
             assert plug(x).shape == conv(x).shape, (kind, op, size)
-    assert op_params(conv, op) == count_params(plug)
+    assert count_params(plug) == op_params(conv, op) == _formula_params(conv, op)
 
 
 def test_zoo_kinds_cover_strided_dilated_and_pointwise() -> None:
@@ -85,14 +101,16 @@ def test_op_params_and_flops_match_formulas() -> None:
     assert op_params(conv, "group2") == 8 * 12 * 9 // 4 + 12 * 12 // 2 + 12
     assert op_params(conv, "bottleneck2") == 8 * 4 // 2 + 4 * 4 * 9 // 2 + 4 * 12 // 2 + 12
     assert op_params(conv, "lowrank3") == 8 * 6 * 9 // 2 + 6 * 12 // 2 + 12
-    assert op_params(conv, "keep") == count_params(conv)
+    assert op_params(conv, "keep") == 8 * 12 * 9 // 2 + 12
     plug = make_op(conv, "dws")
+    flops = 2 * h * w * (8 * 9 + 8 * 12 // 2)  # 2 per multiply-add; the bias adds are not counted
     layers = inventory(plug, (9, 7), in_channels=8)
     assert [layer.name for layer in layers] == ["spatial", "pointwise"]
-    assert sum(layer.flops for layer in layers) == 2 * h * w * (8 * 9 + 8 * 12 // 2)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    assert sum(layer.flops for layer in layers) == flops
+    assert count_flops(plug, (9, 7), in_channels=8) == flops
+    with FlopCounterMode(display=False) as counter, torch.no_grad():  # a real forward, not count_flops' meta one
         plug(torch.zeros(1, 8, 9, 7))
-    assert count_flops(plug, (9, 7), in_channels=8) == counter.get_total_flops()
+    assert counter.get_total_flops() == flops
 
 
 @pytest.mark.parametrize(

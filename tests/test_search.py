@@ -101,20 +101,16 @@ def test_resume_after_sigkill_reaches_all_trials_without_rerunning_finished_ones
     assert "resuming" in killed_and_resumed["resumed"].stdout
 
 
-def test_asha_stops_early_and_over_budget_policies_are_never_trained(killed_and_resumed):
+def test_asha_stops_early_and_no_sample_is_spent_over_the_budget(killed_and_resumed):
     experiment = killed_and_resumed["experiment"]
     table = pd.read_parquet(experiment / "trials.parquet")
     assert (table["status"] == "stopped_early").sum() >= 1
-    infeasible = table[table["status"] == "infeasible"]
-    assert len(infeasible) >= 1
+    assert (table["status"] != "infeasible").all()
     teacher = json.loads((experiment / "teacher.json").read_text())
-    assert (infeasible["params"] > 0.75 * teacher["params"]).all()
-    assert infeasible["miou"].isna().all() and (infeasible["epochs"] == 0).all()
-    for trial_id in infeasible["trial_id"]:
-        assert not (experiment / f"trial_{trial_id}" / "tb").exists()
-        assert pd.isna(infeasible.set_index("trial_id").loc[trial_id, "checkpoint"])
+    assert (table["params"] <= 0.75 * teacher["params"]).all()
+    repaired = table[table["proposal"] == "repaired"]
+    assert len(repaired) >= 1  # TPE proposed over-budget policies; each was repaired before training
     trained = table[table["status"].isin(["completed", "stopped_early"])]
-    assert (trained["params"] <= 0.75 * teacher["params"]).all()
     assert (trained["miou"].between(0, 1)).all()
 
 
@@ -151,20 +147,21 @@ def test_retrain_best_trial_then_load_and_evaluate_in_a_fresh_process(killed_and
     policy = json.loads((folder / "policy.json").read_text())
     check = f"""
 import json, torch
+from trainable import tasks
 from trainable.surgery import load_student
-from trainable.evaluate import evaluate
-from data.settings import EvalSettings
+from data.settings import DataSettings
 from data.cityscapes import CityscapesSegmentation
 from data.transforms import eval_transforms
 student, meta = load_student({str(folder / 'student.pt')!r})
 loader = torch.utils.data.DataLoader(CityscapesSegmentation({str(workspace['tmp'] / 'data')!r}, 'val', eval_transforms()))
-print(json.dumps({{"miou": evaluate(student, loader, EvalSettings()).miou, "policy": meta["policy"]}}))
+result = tasks.get(meta["task"]).evaluate(student, loader, DataSettings(root={str(workspace['tmp'] / 'data')!r}), 19)
+print(json.dumps({{"miou": result["miou"], "policy": meta["policy"]}}))
 """
     fresh = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert fresh.returncode == 0, fresh.stderr
     measured = json.loads(fresh.stdout.strip().splitlines()[-1])
     assert measured["policy"] == policy
-    assert measured["miou"] == pytest.approx(report["mIoU"], abs=1e-9)
+    assert measured["miou"] == pytest.approx(report["miou"], abs=1e-9)
 
 
 def test_existing_experiment_is_not_overwritten(killed_and_resumed, workspace):
@@ -197,10 +194,10 @@ def test_search_on_a_two_node_cluster_uses_both_nodes(workspace):
     assert len(pd.read_parquet(experiment / "trials.parquet")) == 4
 
 
-def test_gpu_trials_are_refused_on_a_cluster_without_gpus(workspace):
+def test_trials_asking_for_more_gpus_than_there_are_are_refused(workspace):
     space = workspace["tmp"] / "gpu.yaml"
     raw = tiny_space(workspace["tmp"], workspace["tmp"] / "data", workspace["tmp"] / "teacher.pt")
-    raw["search"]["resources"] = {"cpu": 1, "gpu": 1}
+    raw["search"]["resources"] = {"cpu": 1, "gpu": torch.cuda.device_count() + 1}  # one more than this machine has
     space.write_text(yaml.safe_dump(raw))
     done = subprocess.run(command("--space", str(space), "--storage", str(workspace["storage"])),
                           cwd=ROOT, capture_output=True, text=True, timeout=120)

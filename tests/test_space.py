@@ -100,7 +100,7 @@ BROKEN = [
     ("fixed-only searched", _set("distill", "epochs", {"int": [1, 3]}), "distill.epochs"),
     ("text searched numerically", _set("distill", "schedule", {"uniform": [0, 1]}), "distill.schedule"),
     ("choice outside its rule", _set("distill", "optimizer", {"choice": ["adamw", "lion"]}), "distill.optimizer.choice"),
-    ("unknown arch", _set("teacher", "arch", "resnet9000"), "teacher.arch: expected one of"),
+    ("unknown arch", _set("teacher", "arch", "resnet9000"), "teacher.arch: expected a zoo arch"),
     ("zero width", _set("teacher", "width", 0), "teacher.width"),
     ("unknown op", _group(0, "ops", ["keep", "ghost"]), "policy.groups[0].ops"),
     ("repeated op", _group(0, "ops", ["keep", "dws", "dws"]), "policy.groups[0].ops"),

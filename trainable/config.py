@@ -1,9 +1,9 @@
 """Typed settings of one distillation run; `search/` turns space files into these."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -14,20 +14,42 @@ from trainable.checkpoint import load_weights
 
 @dataclass(frozen=True)
 class TeacherSettings:
+    """The teacher: a zoo arch or `module:callable`, its keyword arguments, its task and its weights file."""
+
     arch: str
-    num_classes: int = 19
-    width: float = 1.0
+    args: tuple[tuple[str, Any], ...] = ()
+    task: str = "segmentation"
     checkpoint: Path | None = None
+    strip_prefix: str | None = None
+    search_path: Path | None = None  # the space file's folder: a `module:callable` is imported from here first
+
+    @classmethod
+    def of(cls, arch: str, task: str | None = None, **fields) -> TeacherSettings:
+        """Settings from keyword arguments (`args` a mapping); a zoo arch's task is the zoo's."""
+        args = fields.pop("args", {})
+        if task is None:
+            task = models.info(arch).task if models.is_zoo(arch) else "classification"
+        return cls(arch, tuple(sorted(dict(args).items())), task, **fields)
 
     @property
-    def arch_args(self) -> dict:
-        return {"num_classes": self.num_classes, "width": self.width}
+    def arch_args(self) -> dict[str, Any]:
+        return dict(self.args)
+
+    @property
+    def num_classes(self) -> int | None:
+        """The classes the teacher's builder was asked for, when its arguments say."""
+        return self.arch_args.get("num_classes")
+
+    def structure(self) -> nn.Module:
+        """The teacher's modules on the meta device: instant at any size, no weights read."""
+        with torch.device("meta"):
+            return models.build(self.arch, self.search_path, **self.arch_args)
 
     def build(self, load: bool = True) -> nn.Module:
         """The teacher in eval mode with frozen weights, loaded from `checkpoint` when `load` and one is set."""
-        teacher = models.build(self.arch, **self.arch_args)
+        teacher = models.build(self.arch, self.search_path, **self.arch_args)
         if load and self.checkpoint is not None:
-            load_weights(teacher, self.checkpoint)
+            load_weights(teacher, self.checkpoint, strip_prefix=self.strip_prefix)
         teacher.eval().requires_grad_(False)
         return teacher
 
@@ -39,6 +61,7 @@ class DistillSettings:
     w_hint: float = 1.0
     w_kd: float = 1.0
     w_ce: float = 0.0
+    w_edge: float = 0.0
     temperature: float = 1.0
     schedule: Literal["oneshot", "progressive"] = "oneshot"
     train: Literal["plugged", "all"] = "plugged"
@@ -50,6 +73,8 @@ class DistillSettings:
     warmup_steps: int = 0
     accumulate: int = 1
     seed: int = 0
+    init: Literal["library", "scratch"] = "library"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -2,7 +2,7 @@
 
 Per step: one teacher forward without grad that records the outputs of the plugged layers (and of the
 shared frozen prefix, see `shared_prefix`) with forward hooks, then one student forward and backward.
-Usable without Ray; `trainable.tune_trainable` wraps it for a search.
+Usable without Ray; `search.trial` wraps it for a search.
 """
 from __future__ import annotations
 
@@ -15,24 +15,25 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 
 from data.errors import InputError
-from data.labels import IGNORE_INDEX
-from trainable import losses
+from data.kinds import kind
+from data.settings import DataSettings
+from trainable import losses, tasks
 from trainable.checkpoint import save_atomic
 from trainable.config import DistillSettings, TeacherSettings, pick_device
-from data.settings import DataSettings
-from trainable.evaluate import EvalResult, evaluate
-from trainable.inventory import count_flops, count_params
+from trainable.inventory import count_flops, count_params, output_classes
 from trainable.loaders import labeled_train_set, train_loader, unlabeled_set, val_loader
 from trainable.optim import make_optimizer, make_scheduler
 from trainable.surgery import apply_policy, plugged_layers
-from trainable.visualize import prediction_grid
 
 EpochCallback = Callable[[dict, "Distillation"], None]
+
+
+class NonFiniteLoss(RuntimeError):
+    """The distillation loss became NaN or infinite: the run cannot go on."""
 
 
 class _Replay(nn.Module):
@@ -98,12 +99,18 @@ class Distillation:
         settings: DistillSettings,
         log_dir: Path | None = None,
         device: torch.device | str | None = None,
-        teacher_miou: float | None = None,
+        teacher_metrics: Mapping[str, float] | None = None,
         log: Callable[[str], None] = print,
     ):
         self.device = torch.device(device) if device is not None else pick_device()
         self.settings, self.data, self.log = settings, data, log
         self.teacher_settings, self.policy = teacher_settings, dict(policy)
+        self.task = tasks.get(teacher_settings.task)
+        if settings.w_edge > 0 and not losses.has_edge_output(teacher):
+            raise InputError(f"distill.w_edge: expected 0 for teacher {teacher_settings.arch}, whose forward has no "
+                             f"return_edge (no edge output to distil), got {settings.w_edge:g}")
+        input_size = kind(data.dataset).input_size(data)
+        self.num_classes = output_classes(teacher, input_size)
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         torch.manual_seed(settings.seed)  # the plugs' initial weights: a run is determined by its settings
         self.student = apply_policy(self.teacher, self.policy).to(self.device)
@@ -117,7 +124,7 @@ class Distillation:
 
         self.labeled = settings.w_ce > 0
         self.train_set = labeled_train_set(data) if self.labeled else unlabeled_set(data)
-        self.val = val_loader(data)
+        self.val = val_loader(data, self.task.eval_batch_size(data))
         self.steps_per_epoch = self._steps_per_epoch()
         total_steps = max(1, settings.epochs * self.steps_per_epoch // settings.accumulate)
         trainable = [p for p in self.student.parameters() if p.requires_grad]
@@ -126,12 +133,12 @@ class Distillation:
 
         self.student_params = count_params(self.student)
         self.teacher_params = count_params(self.teacher)
-        self.student_flops = count_flops(self.student, data.crop)
-        self.teacher_flops = count_flops(self.teacher, data.crop)
-        self.teacher_miou = teacher_miou
+        self.student_flops = count_flops(self.student, input_size)
+        self.teacher_flops = count_flops(self.teacher, input_size)
+        self.teacher_metrics = dict(teacher_metrics) if teacher_metrics is not None else None
         self.epoch = 0
         self.history: list[dict] = []
-        self.last_eval: EvalResult | None = None
+        self.last_eval: tasks.TaskResult | None = None
         self.writer = SummaryWriter(str(log_dir)) if log_dir is not None else None
 
         self._teacher_out: dict[str, Tensor] = {}
@@ -158,7 +165,7 @@ class Distillation:
     def _find_prefix(self) -> list[str]:
         if self.settings.train != "plugged" or not self.plugged:
             return []
-        sample = torch.zeros(1, 3, 64, 64, device=self.device)
+        sample = torch.zeros(1, 3, *kind(self.data.dataset).input_size(self.data), device=self.device)
         return shared_prefix(self.teacher, self.student, self.plugged[0], sample)
 
     @staticmethod
@@ -231,6 +238,13 @@ class Distillation:
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
 
+    def _outputs(self, model: nn.Module, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The logits, and the edge probabilities when the run distils them (`w_edge` > 0): one forward either way."""
+        if self.settings.w_edge == 0:
+            return self.task.logits(model, images), None
+        logits, edge = model(images, return_edge=True)
+        return logits, edge
+
     def step(self, images: Tensor, target: Tensor | None, active: list[str], update: bool) -> dict[str, Tensor]:
         """One teacher forward (no grad), one student forward and backward; optimizer step when `update`.
 
@@ -242,27 +256,32 @@ class Distillation:
         self._student_out.clear()
         with self._autocast():
             with torch.no_grad():
-                teacher_logits = self.teacher(images)
-            student_logits = self.student(images)
+                teacher_logits, teacher_edge = self._outputs(self.teacher, images)
+            student_logits, student_edge = self._outputs(self.student, images)
             hint = sum(
                 (w * losses.hint_loss(self._student_out[n], self._teacher_out[n])
                  for n, w in zip(self.plugged, self.depth_weights) if n in active),
                 torch.zeros((), device=self.device),
             )
-            kd = losses.kd_loss(student_logits, teacher_logits, s.temperature)
+            kd = self.task.kd_loss(student_logits, teacher_logits, s.temperature)
             ce = (
-                F.cross_entropy(student_logits.float(), target.to(self.device), ignore_index=IGNORE_INDEX)
+                self.task.ce_loss(student_logits, target.to(self.device))
                 if target is not None
                 else torch.zeros((), device=self.device)
             )
-            loss = s.w_hint * hint + s.w_kd * kd + s.w_ce * ce
+            edge = (
+                losses.edge_kd_loss(student_edge, teacher_edge)
+                if s.w_edge > 0
+                else torch.zeros((), device=self.device)
+            )
+            loss = s.w_hint * hint + s.w_kd * kd + s.w_ce * ce + s.w_edge * edge
         if self.optimizer is not None and loss.requires_grad:
             (loss / s.accumulate).backward()
             if update:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
-        parts = {"loss": loss, "loss_hint": hint, "loss_kd": kd, "loss_ce": ce,
+        parts = {"loss": loss, "loss_hint": hint, "loss_kd": kd, "loss_ce": ce, "loss_edge": edge,
                  "agreement": losses.agreement(student_logits, teacher_logits)}
         return {key: value.detach().float() for key, value in parts.items()}
 
@@ -279,6 +298,10 @@ class Distillation:
                 per_step.append(self.step(self._to_device(images), target, active, update))
                 images_seen += images.shape[0]
         table = {key: torch.stack([parts[key] for parts in per_step]).cpu() for key in per_step[0]}
+        bad = (~torch.isfinite(table["loss"])).nonzero()
+        if len(bad):
+            step = int(bad[0])
+            raise NonFiniteLoss(f"loss {table['loss'][step].item()} at epoch {epoch + 1}, step {step + 1}")
         elapsed = time.perf_counter() - started
         if self.writer is not None:
             for step, loss in enumerate(table["loss"].tolist()):
@@ -295,28 +318,27 @@ class Distillation:
         np.random.seed(seed % 2**32)
         random.seed(seed)
 
-    def evaluate_student(self) -> EvalResult:
-        self.last_eval = evaluate(self.student, self.val, self.data.eval, self.teacher_settings.num_classes, self.device)
+    def evaluate_student(self) -> tasks.TaskResult:
+        self.last_eval = self.task.evaluate(self.student, self.val, self.data, self.num_classes, self.device)
         return self.last_eval
 
-    def evaluate_teacher(self) -> float:
-        if self.teacher_miou is None:
-            self.teacher_miou = evaluate(
-                self.teacher, self.val, self.data.eval, self.teacher_settings.num_classes, self.device
-            ).miou
-        return self.teacher_miou
+    def evaluate_teacher(self) -> dict[str, float]:
+        """The teacher's val metrics, measured once (or given by the caller)."""
+        if self.teacher_metrics is None:
+            self.teacher_metrics = self.task.evaluate(self.teacher, self.val, self.data, self.num_classes, self.device).values
+        return self.teacher_metrics
 
     def run_epoch(self) -> dict:
         """Train one epoch, evaluate, log; returns the epoch's metrics."""
         started = time.perf_counter()
         metrics = self.train_epoch()
         with self._bypass(self.active_layers(self.epoch)):
-            miou = self.evaluate_student().miou
+            scores = self.evaluate_student().values
         self.epoch += 1
         metrics.update(
             epoch=self.epoch,
-            miou=miou,
-            teacher_miou=self.evaluate_teacher(),
+            **scores,
+            **{f"teacher_{name}": value for name, value in self.evaluate_teacher().items()},
             params=self.student_params,
             flops=self.student_flops,
             param_ratio=self.student_params / self.teacher_params,
@@ -328,20 +350,24 @@ class Distillation:
         return metrics
 
     def _log_epoch(self, m: dict) -> None:
+        score = self.task.score
         self.log(
-            f"epoch {m['epoch']}/{self.settings.epochs}  mIoU {m['miou']:.4f} (teacher {m['teacher_miou']:.4f})  "
-            f"loss {m['loss']:.4f} [hint {m['loss_hint']:.4f} kd {m['loss_kd']:.4f} ce {m['loss_ce']:.4f}]  "
+            f"epoch {m['epoch']}/{self.settings.epochs}  {self.task.label} {m[score]:.4f} (teacher {m[f'teacher_{score}']:.4f})  "
+            f"loss {m['loss']:.4f} [hint {m['loss_hint']:.4f} kd {m['loss_kd']:.4f} ce {m['loss_ce']:.4f} edge {m['loss_edge']:.4f}]  "
             f"agree {m['agreement']:.3f}  {m['images_per_s']:.1f} img/s  params {m['param_ratio']:.1%}"
         )
         if self.writer is None:
             return
-        for key in ("miou", "teacher_miou", "loss", "loss_hint", "loss_kd", "loss_ce", "agreement", "images_per_s", "lr"):
+        scalars = (score, f"teacher_{score}", "loss", "loss_hint", "loss_kd", "loss_ce", "loss_edge", "agreement",
+                   "images_per_s", "lr")
+        for key in scalars:
             self.writer.add_scalar(f"epoch/{key}", m[key], m["epoch"])
         images, _ = next(iter(self.val))
         with torch.no_grad(), self._bypass(self.active_layers(self.epoch - 1)):
             images = images[:1].to(self.device)
-            grid = prediction_grid(images, self.teacher(images), self.student(images))
-        self.writer.add_image("val/input_teacher_student", grid, m["epoch"])
+            grid = self.task.preview(images, self.task.logits(self.teacher, images), self.task.logits(self.student, images))
+        if grid is not None:
+            self.writer.add_image("val/input_teacher_student", grid, m["epoch"])
         self.writer.flush()
 
     def fit(self, on_epoch: EpochCallback | None = None) -> list[dict]:
@@ -371,9 +397,14 @@ class Distillation:
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "epoch": self.epoch,
             "history": self.history,
-            "teacher_miou": self.teacher_miou,
+            "teacher_metrics": self.teacher_metrics,
             "rng": torch.get_rng_state(),
         }
+
+    def init_plugs(self, states: Mapping[str, Mapping[str, Tensor]]) -> None:
+        """Start plugged layers from trained weights (the plug library's), before the first step."""
+        for layer, state in states.items():
+            self.student.get_submodule(layer).load_state_dict(state)
 
     def init_student(self, state: Mapping) -> None:
         """Take the student weights of a run checkpoint (e.g. a search trial's) and nothing else."""
@@ -392,7 +423,7 @@ class Distillation:
             self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
-        self.teacher_miou = state["teacher_miou"]
+        self.teacher_metrics = state["teacher_metrics"]
         torch.set_rng_state(state["rng"])
 
     def save(self, path: Path) -> None:

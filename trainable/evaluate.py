@@ -9,11 +9,10 @@ import argparse
 import json
 import math
 import re
-from contextlib import nullcontext
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -92,8 +91,9 @@ class EvalResult:
         return cls(miou=mean_iou(conf), per_class=dict(zip(names, iou_per_class(conf))))
 
     def to_json(self) -> dict:
-        """`{"mIoU": fraction or None, "per_class": {name: IoU or None}}`."""
-        return {"mIoU": None if math.isnan(self.miou) else self.miou, "per_class": dict(self.per_class)}
+        """`{"miou": fraction or None, "mIoU": the same (the Cityscapes scripts' name), "per_class": {name: IoU or None}}`."""
+        value = None if math.isnan(self.miou) else self.miou
+        return {"miou": value, "mIoU": value, "per_class": dict(self.per_class)}
 
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:
@@ -145,28 +145,6 @@ def infer_logits(model: nn.Module, images: Tensor, settings: EvalSettings) -> Te
                 logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
             total = logits if total is None else total + logits
     return total / (len(settings.scales) * len(flips))
-
-
-def evaluate(
-    model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], settings: EvalSettings,
-    num_classes: int = NUM_CLASSES, device: torch.device | str = "cpu",
-) -> EvalResult:
-    """mIoU of `model` (already on `device`) over `(images, trainId masks)` batches; bf16 autocast on CUDA."""
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    try:
-        for images, masks in loader:
-            images = images.to(device, non_blocking=True)
-            masks = masks.to(device, non_blocking=True)
-            with autocast:
-                logits = infer_logits(model, images, settings)
-            conf += confusion_matrix(logits.argmax(1), masks, num_classes, IGNORE_INDEX)
-    finally:
-        model.train(was_training)
-    return EvalResult.from_confusion(conf)
 
 
 _LABEL_LUT = label_to_train_lut()

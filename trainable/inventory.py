@@ -18,6 +18,8 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
+from trainable.tasks import read_logits
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -56,13 +58,17 @@ def _device(model: nn.Module) -> torch.device:
     return next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))
 
 
+def _meta_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Meta copies of every parameter and buffer: a forward through them computes shapes only."""
+    tensors = {name: torch.empty_like(t, device="meta") for name, t in model.named_parameters(remove_duplicate=False)}
+    return tensors | {name: torch.empty_like(t, device="meta") for name, t in model.named_buffers(remove_duplicate=False)}
+
+
 def _forward(model: nn.Module, image: torch.Tensor, on_meta: bool) -> None:
     if not on_meta:
         model(image)
         return
-    tensors = {name: torch.empty_like(t, device="meta") for name, t in model.named_parameters(remove_duplicate=False)}
-    tensors |= {name: torch.empty_like(t, device="meta") for name, t in model.named_buffers(remove_duplicate=False)}
-    functional_call(model, tensors, (image.to("meta"),))
+    functional_call(model, _meta_state(model), (image.to("meta"),))
 
 
 def measure(model: nn.Module, input_size: tuple[int, int], in_channels: int = 3) -> tuple[int, dict[str, int]]:
@@ -109,6 +115,19 @@ def _count(model: nn.Module, named: dict[str, nn.Conv2d], image: torch.Tensor, o
         for handle in handles:
             handle.remove()
     return counter.get_total_flops(), {name: per_conv.get(name, 0) for name in named}
+
+
+def output_classes(model: nn.Module, input_size: tuple[int, int], in_channels: int = 3) -> int:
+    """The number of classes (channel 1 of the logits) `model` outputs, from one forward on the meta device."""
+    image = torch.zeros(1, in_channels, *input_size, dtype=_example_dtype(model), device="meta")
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            return int(read_logits(functional_call(model, _meta_state(model), (image,))).shape[1])
+    finally:
+        for module, training in modes.items():
+            module.training = training
 
 
 def count_flops(model: nn.Module, input_size: tuple[int, int], in_channels: int = 3) -> int:

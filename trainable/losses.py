@@ -1,9 +1,11 @@
-"""Distillation losses: hint loss at plugged layers and pixel-wise logit KD."""
+"""Distillation losses: hint loss at plugged layers, pixel-wise logit KD and binary KD of an edge output."""
 from __future__ import annotations
+
+import inspect
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def hint_loss(student: Tensor, teacher: Tensor) -> Tensor:
@@ -18,6 +20,26 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
     log_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
     positions = log_s.numel() // log_s.shape[1]
     return F.kl_div(log_s, log_t, log_target=True, reduction="sum") / positions * temperature**2
+
+
+def has_edge_output(model: nn.Module) -> bool:
+    """Whether `model(x, return_edge=True)` gives (logits, edge probabilities N×1×H×W), as GSCNN's forward does."""
+    return "return_edge" in inspect.signature(model.forward).parameters
+
+
+def edge_kd_loss(student_edge: Tensor, teacher_edge: Tensor) -> Tensor:
+    """Binary KL(teacher ‖ student) of the per-pixel boundary probabilities, mean over pixels.
+
+    The binary cross-entropy with the teacher's probability as soft target, less the teacher's entropy
+    (no gradient), so that it is 0 where the student agrees, like `kd_loss`. No temperature: the models
+    return probabilities, and their logits cannot be recovered where a float32 sigmoid saturates at 0 or 1.
+    Per pixel in float64 (the difference of two float32 terms of about 0.7 would round small divergences
+    to 0), outside autocast (binary_cross_entropy is not autocast-safe; its logs clamp at -100).
+    """
+    with torch.autocast(student_edge.device.type, enabled=False):
+        student, teacher = student_edge.double(), teacher_edge.double()
+        entropy = -(torch.xlogy(teacher, teacher) + torch.xlogy(1 - teacher, 1 - teacher))
+        return (F.binary_cross_entropy(student, teacher, reduction="none") - entropy).mean().float()
 
 
 def depth_weights(depths: list[int]) -> list[float]:

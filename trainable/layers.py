@@ -1,6 +1,7 @@
 """Print a teacher's conv inventory, and with --policy the student's cost beside it.
 
-python -m trainable.inspect --teacher ARCH [--num-classes C] [--width W] [--input-size H W] [--policy FILE] [--json]
+python -m trainable.layers --teacher ARCH [--num-classes C] [--width W] [--input-size H W] [--policy FILE] [--json]
+python -m trainable.layers --teacher module:callable [--args JSON] [--task T] [--input-size H W] ...
 
 The teacher is built on the meta device (no weights are allocated), so even a full-width teacher
 at 1024x2048 is inspected in well under a second.
@@ -17,23 +18,10 @@ from torch import nn
 
 from data.errors import InputError, run_cli
 from trainable.inventory import Layer, count_params, layers_from, measure
-from trainable.models import build, info
-from trainable.surgery import apply_policy
+from trainable.models import build, info, is_zoo
+from trainable.surgery import apply_policy, read_policy
 
 DEFAULT_SIZES = {"segmentation": (1024, 2048), "classification": (224, 224)}
-
-
-def read_policy(path: Path) -> dict[str, str]:
-    """A policy file: a JSON object {layer: op} of strings."""
-    try:
-        policy = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: policy file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{path}: not a JSON policy file ({str(err).splitlines()[0]})") from None
-    if not isinstance(policy, dict) or not all(isinstance(v, str) for v in policy.values()):
-        raise InputError(f"{path}: expected a JSON object mapping layer names to op names")
-    return policy
 
 
 def _measure(model: nn.Module, input_size: tuple[int, int], what: str) -> tuple[int, list[Layer]]:
@@ -103,10 +91,12 @@ def _table(report: dict[str, Any], costs: dict[str, tuple[str, int, int]] | None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainable.inspect", description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", required=True, help="arch name in the zoo")
+    parser = argparse.ArgumentParser(prog="python -m trainable.layers", description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", required=True, help="arch name in the zoo, or module:callable (imported from the current folder or sys.path)")
     parser.add_argument("--num-classes", type=int, help="classes of the teacher's head (zoo default if omitted)")
-    parser.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
+    parser.add_argument("--width", type=float, help="channel width multiplier of a zoo arch (default 1.0)")
+    parser.add_argument("--args", type=json.loads, default={}, help="JSON keyword arguments of a module:callable teacher")
+    parser.add_argument("--task", choices=tuple(DEFAULT_SIZES), help="task of a module:callable teacher (sets the default input size)")
     parser.add_argument(
         "--input-size", type=int, nargs=2, metavar=("H", "W"), help="default 1024 2048 (segmentation) or 224 224"
     )
@@ -114,16 +104,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
 
-    task = info(args.teacher).task
+    task = info(args.teacher).task if is_zoo(args.teacher) else (args.task or "classification")
     input_size = tuple(args.input_size) if args.input_size else DEFAULT_SIZES[task]
     if min(input_size) < 1:
         raise InputError(f"--input-size must be two positive integers, got {input_size[0]} {input_size[1]}")
     if args.num_classes is not None and args.num_classes < 1:
         raise InputError(f"--num-classes must be >= 1, got {args.num_classes}")
     policy = read_policy(args.policy) if args.policy else None
-    kwargs = {"width": args.width} | ({"num_classes": args.num_classes} if args.num_classes is not None else {})
+    kwargs = dict(args.args)
+    if args.width is not None:
+        kwargs["width"] = args.width
+    if args.num_classes is not None:
+        kwargs["num_classes"] = args.num_classes
     with torch.device("meta"):
-        teacher = build(args.teacher, **kwargs)
+        teacher = build(args.teacher, Path.cwd(), **kwargs)
     flops, layers = _measure(teacher, input_size, "teacher")
     report: dict[str, Any] = {"arch": args.teacher, "input_size": list(input_size), "params": count_params(teacher),
                               "flops": flops, "layers": layers}

@@ -1,0 +1,103 @@
+"""Policies proposed from the plug library: an additive predictor of the metric drop and exact solvers over it.
+
+A policy is `{choice key: op}`. Its predicted drop is the sum of its choices' drops and its cost
+the sum of its choices' costs (params delta vs keep, keep = 0); a choice that sets several layers
+costs and drops the sums over its layers (`per_choice`). `propose` solves the multiple-choice
+knapsack (one op per choice, total cost <= budget, least predicted drop) exactly with
+`scipy.optimize.milp` at K budgets; `repair` moves an over-budget policy to the nearest feasible
+one. Costs are integers (parameter counts).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+Choices = Sequence[tuple[str, Sequence[str]]]
+Picks = dict[str, str]
+
+
+def per_choice(
+    choices: Choices, layers: Mapping[str, Sequence[str]], per_layer: Mapping[tuple[str, str], float]
+) -> dict[tuple[str, str], float]:
+    """`{(key, op): sum over the choice's layers of per_layer[(layer, op)]}`; keep is 0 (params delta or drop)."""
+    return {
+        (key, op): 0 if op == "keep" else sum(per_layer[(layer, op)] for layer in layers[key])
+        for key, ops in choices
+        for op in ops
+    }
+
+
+def _value(table: Mapping[tuple[str, str], float], key: str, op: str) -> float:
+    return 0 if op == "keep" else table[(key, op)]
+
+
+def predict(
+    picks: Mapping[str, str], cost: Mapping[tuple[str, str], int], drop: Mapping[tuple[str, str], float]
+) -> tuple[int, float]:
+    """The policy's total cost and predicted drop."""
+    return (
+        sum(_value(cost, key, op) for key, op in picks.items()),
+        sum(_value(drop, key, op) for key, op in picks.items()),
+    )
+
+
+class _Model:
+    """The knapsack's variables: one binary per (choice, op), one equality row per choice, one cost row."""
+
+    def __init__(self, choices: Choices, cost: Mapping[tuple[str, str], int], drop: Mapping[tuple[str, str], float]):
+        self.variables = [(key, op) for key, ops in choices for op in dict.fromkeys(ops)]
+        self.cost = np.array([_value(cost, key, op) for key, op in self.variables], dtype=float)
+        self.drop = np.array([_value(drop, key, op) for key, op in self.variables], dtype=float)
+        keys = list(dict.fromkeys(key for key, _ in choices))
+        self.one_each = np.zeros((len(keys), len(self.variables)))
+        for j, (key, _) in enumerate(self.variables):
+            self.one_each[keys.index(key), j] = 1
+        self.cheapest = int(sum(min(_value(cost, key, op) for op in ops) for key, ops in choices))
+
+    def solve(self, objective: np.ndarray, budget: float) -> Picks:
+        """The picks minimising `objective` with total cost <= budget (exact: no MIP gap)."""
+        n = len(self.variables)
+        result = milp(
+            objective,
+            integrality=np.ones(n),
+            bounds=Bounds(0, 1),
+            constraints=[LinearConstraint(self.one_each, 1, 1), LinearConstraint(self.cost[None, :], -np.inf, budget)],
+            options={"mip_rel_gap": 0},
+        )
+        if result.x is None:
+            raise ValueError(f"no policy costs <= {budget}: the cheapest costs {self.cheapest} ({result.message})")
+        return {key: op for (key, op), x in zip(self.variables, result.x) if x > 0.5}
+
+
+def propose(
+    choices: Choices, cost: Mapping[tuple[str, str], int], drop: Mapping[tuple[str, str], float], max_cost: int, k: int
+) -> list[Picks]:
+    """The least-drop policy at each of `k` budgets spread evenly over [cheapest policy's cost, max_cost], deduplicated.
+
+    Budgets go from the cheapest up (k = 1: max_cost alone); ValueError when no policy fits max_cost.
+    """
+    model = _Model(choices, cost, drop)
+    if model.cheapest > max_cost:
+        raise ValueError(f"no policy costs <= {max_cost}: the cheapest costs {model.cheapest}")
+    proposals: list[Picks] = []
+    for budget in np.linspace(max_cost, model.cheapest, k)[::-1]:
+        picks = model.solve(model.drop, np.floor(budget))
+        if picks not in proposals:
+            proposals.append(picks)
+    return proposals
+
+
+def repair(
+    picks: Mapping[str, str], choices: Choices, cost: Mapping[tuple[str, str], int],
+    drop: Mapping[tuple[str, str], float], max_cost: int,
+) -> Picks:
+    """The feasible policy nearest `picks`: fewest changed choices, then least predicted drop; picks itself if it fits."""
+    model = _Model(choices, cost, drop)
+    if predict(picks, cost, drop)[0] <= max_cost:
+        return dict(picks)
+    changed = np.array([0.0 if picks[key] == op else 1.0 for key, op in model.variables])
+    # A change must outweigh any difference in drop: more than the whole range of total drops.
+    spread = sum(np.ptp(model.drop[model.one_each[i] > 0]) for i in range(len(model.one_each)))
+    return model.solve((spread + 1) * changed + model.drop, max_cost)
