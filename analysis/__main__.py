@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 from typing import Sequence
 
@@ -11,19 +12,22 @@ from analysis.library import load_library
 from analysis.load import Experiment, load_curves, load_experiment, load_reference
 from analysis.plots import FrontLine, plot_compare, plot_curves, plot_layers, plot_pareto, plot_sensitivity
 from analysis.policy import layer_usage
+from analysis.remote import is_uri, staged
 from analysis.report import (comparison_statement, display_table, drop_statement, error_statement, front_csv,
                              latency_statement, retries_statement, write_report)
 from data.errors import InputError, run_cli
+from data.files import write_text_atomic
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__)
-    parser.add_argument("experiment", type=Path, help="experiment folder holding trials.parquet")
+    parser.add_argument("experiment", help="experiment folder holding trials.parquet, or its s3:// URI (outputs are "
+                                           "written beside trials.parquet, in the bucket for a URI)")
     parser.add_argument("--x", choices=X_AXES, default="params", help="cost axis of the front (default params)")
     parser.add_argument("--reference", type=Path, metavar="FILE.csv",
                         help="reference students: columns name, params and the experiment's metric (a column "
                              "named after it, or score; fraction 0..1 or percent), optional flops, latency_ms")
-    parser.add_argument("--compare", type=Path, nargs="+", default=[], metavar="DIR",
+    parser.add_argument("--compare", nargs="+", default=[], metavar="DIR",
                         help="other experiment folders (same metric) whose fronts and hypervolumes to compare")
     return parser
 
@@ -52,6 +56,14 @@ def _compare(experiments: list[Experiment], x: str) -> list[FrontLine]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    with contextlib.ExitStack() as stack:  # an s3:// experiment is analysed from a local copy (analysis.remote)
+        where = args.experiment
+        args.experiment = stack.enter_context(staged(args.experiment))
+        args.compare = [stack.enter_context(staged(other)) for other in args.compare]
+        return _analyse(args, where if is_uri(where) else str(args.experiment))
+
+
+def _analyse(args: argparse.Namespace, where: str) -> int:
     x = args.x
     exp = load_experiment(args.experiment, x)
     metric = exp.metric
@@ -66,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     hv = hypervolume(front[x], front[metric], ref_x) / ref_x
     knee_id = str(front["trial_id"].iloc[knee_index(front[x], front[metric])])
     written = ["pareto.csv", "pareto.png", "curves.png", "layers.png", "report.md"]
-    front_csv(exp, front).to_csv(exp.path / "pareto.csv", index=False)
+    write_text_atomic(exp.path / "pareto.csv", front_csv(exp, front).to_csv(index=False))
     plot_pareto(exp, front, x, exp.path / "pareto.png", reference, knee_id)
     plot_curves(exp, load_curves(exp.path, metric), set(front["trial_id"]), exp.path / "curves.png")
     scores = measured(exp.trials, x, metric)[metric].reindex(exp.trials.index)
@@ -93,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if exp.library is not None and plugs is None:
         notes.append(f"plug library {exp.library} (named by run.json) not found; no sensitivity.png")
     print("\n".join(note for note in notes if note))
-    print(f"wrote {', '.join(written)} into {exp.path}")
+    print(f"wrote {', '.join(written)} into {where}")
     return 0
 
 

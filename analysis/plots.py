@@ -18,8 +18,15 @@ from matplotlib.transforms import blended_transform_factory
 
 from analysis.library import drop_table
 from analysis.load import STATUSES, Experiment
+from data.files import atomic_output
 
 STATUS_COLORS = {"completed": "tab:blue", "stopped_early": "tab:orange", "infeasible": "tab:gray", "error": "tab:red"}
+
+
+def save(fig: Figure, file: Path) -> None:
+    """Write the figure whole or not at all (data.files.atomic_output), in the format its suffix names."""
+    with atomic_output(file) as handle:
+        fig.savefig(handle, format=file.suffix.lstrip("."), dpi=120)
 
 
 class Axis(NamedTuple):
@@ -127,7 +134,7 @@ def plot_pareto(exp: Experiment, front: pd.DataFrame, x: str, file: Path,
     ax.set_title(f"{exp.name}: {len(trials)} trials, {len(front)} on the front")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
-    fig.savefig(file, dpi=120)
+    save(fig, file)
 
 
 def plot_curves(exp: Experiment, curves: pd.DataFrame, front_ids: set[str], file: Path) -> None:
@@ -165,7 +172,7 @@ def plot_curves(exp: Experiment, curves: pd.DataFrame, front_ids: set[str], file
     ax.set_ylabel(score_label(exp.metric_label))
     ax.set_title(f"{exp.name}: val {exp.metric_label} per epoch")
     ax.grid(alpha=0.3)
-    fig.savefig(file, dpi=120)
+    save(fig, file)
 
 
 def _heatmap(ax, table: pd.DataFrame, cmap: str, fmt: str, title: str, vmin: float | None, vmax: float | None):
@@ -187,7 +194,7 @@ def plot_layers(usage: pd.DataFrame, front_size: int, metric_label: str, file: P
     if usage.empty:
         fig = _figure(6, 2)
         fig.text(0.5, 0.5, "no trial plugs any layer", ha="center", va="center")
-        fig.savefig(file, dpi=120)
+        save(fig, file)
         return
     share = usage.pivot(index="layer", columns="op", values="front_share")
     score = usage.pivot(index="layer", columns="op", values="mean_score") * 100
@@ -200,7 +207,7 @@ def plot_layers(usage: pd.DataFrame, front_size: int, metric_label: str, file: P
     title = f"mean {score_label(metric_label)} of the\nmeasured trials using each op"
     fig.colorbar(_heatmap(right, score, "viridis", ".1f", title, None, None), ax=right, shrink=0.8)
     fig.suptitle(f"plugged layers: op use on the front and mean {metric_label}")
-    fig.savefig(file, dpi=120)
+    save(fig, file)
 
 
 def plot_compare(lines: list[FrontLine], x: str, metric_label: str, file: Path) -> None:
@@ -223,7 +230,7 @@ def plot_compare(lines: list[FrontLine], x: str, metric_label: str, file: Path) 
     ax.set_title("Pareto fronts of " + ", ".join(line.name for line in lines))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.savefig(file, dpi=120)
+    save(fig, file)
 
 
 def plot_sensitivity(plugs: pd.DataFrame, metric_label: str, file: Path) -> None:
@@ -236,4 +243,4 @@ def plot_sensitivity(plugs: pd.DataFrame, metric_label: str, file: Path) -> None
     ax.set_xlabel("op")
     ax.set_ylabel("layer")
     fig.suptitle(f"plug library: {len(plugs)} plugs over {table.shape[0]} layers")
-    fig.savefig(file, dpi=120)
+    save(fig, file)

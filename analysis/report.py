@@ -12,6 +12,7 @@ from analysis.library import layer_sensitivity
 from analysis.load import STATUSES, TEACHER_NUMBERS, Experiment
 from analysis.plots import AXES, FrontLine
 from analysis.policy import HP_POLICY, describe, summarize
+from data.files import write_text_atomic
 
 
 def _column(front: pd.DataFrame, name: str) -> pd.Series:
@@ -256,4 +257,4 @@ def write_report(file: Path, exp: Experiment, front: pd.DataFrame, x: str, hyper
                   f"(the largest of the searches' reference points) and 0 % {label}.", "",
                   markdown_table(table), "", comparison_statement(compare), "",
                   "![Fronts compared](compare.png)", ""]
-    file.write_text("\n".join(lines))
+    write_text_atomic(file, "\n".join(lines))

@@ -11,6 +11,7 @@ from data.errors import InputError
 from search import proposals
 from search.space import Space
 from trainable.inventory import convs, count_params, select, unmatched_patterns
+from trainable.latency import predicted_latency
 from trainable.ops import check_op, op_params
 
 
@@ -54,9 +55,7 @@ class PolicyChoices:
         """The teacher's latency plus each plug's change of its layer's latency; None without a table."""
         if self.teacher_latency_ms is None or not self.layer_latency:
             return None
-        return self.teacher_latency_ms + sum(
-            self.layer_latency[layer][op] - self.layer_latency[layer]["keep"] for layer, op in policy.items()
-        )
+        return predicted_latency(self.layer_latency, self.teacher_latency_ms, policy)
 
     def feasible(self, policy: Mapping[str, str]) -> bool:
         if self.max_params is not None and self.params(policy) > self.max_params:

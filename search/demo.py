@@ -18,13 +18,14 @@ from typing import Sequence
 import pandas as pd
 
 from data.errors import InputError, run_cli
+from data.files import write_text_atomic
 from search.space import load_space
 
 SPACE = Path("spaces/demo.yaml")
 NAME = "demo"
 RUNS = Path("runs")
 DATA_ARGS = ["--train", "64", "--val", "16", "--extra", "96", "--size", "64", "128", "--seed", "0"]
-PARAM_SHARE, MIOU_SHARE = 0.6, 0.9
+PARAM_SHARE, KEPT_SHARE = 0.6, 0.9
 
 
 def step(title: str, done: bool, args: list[str], timings: dict[str, float]) -> None:
@@ -55,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     step("synthetic data", (space.data.root / "leftImg8bit").is_dir(),
          ["-m", "data.synthetic", "--out", str(space.data.root), *DATA_ARGS], timings)
     step("teacher", space.teacher.checkpoint.is_file(), ["search/teacher.py", "--space", str(SPACE)], timings)
+    step("plug library", (experiment / "trials.parquet").is_file(), ["search/library.py", "--space", str(SPACE)], timings)
     resume = (experiment / "run.json").is_file()
     step("search", (experiment / "trials.parquet").is_file(),
          ["search/run.py", "--resume", str(experiment)] if resume else
@@ -77,34 +79,40 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def summarize(experiment: Path, students: Path, scored: dict, wall_s: float, timings: dict[str, float]) -> int:
+    """Print and keep the demo's figures; exit non-zero unless the front has a small student that keeps the metric."""
     teacher = json.loads((experiment / "teacher.json").read_text())
+    metric, label = teacher["metric"], teacher["metric_label"]
     trials = pd.read_parquet(experiment / "trials.parquet")
     front = pd.read_csv(experiment / "pareto.csv")
     retrained = json.loads((students / "eval.json").read_text())
-    best = trials[trials["miou"].notna()].sort_values("miou", ascending=False).iloc[0]
+    best = trials[trials[metric].notna()].sort_values(metric, ascending=False).iloc[0]
     summary = {
-        "teacher": {"params": int(teacher["params"]), "miou": teacher["miou"]},
-        "best": {"trial_id": best["trial_id"], "params": int(best["params"]), "miou": float(best["miou"])},
-        "retrained": {"path": str(students / "student.pt"), "params": retrained["params"], "miou": retrained["mIoU"]},
-        "official_eval_miou": scored["mIoU"],
+        "metric": metric,
+        "teacher": {"params": int(teacher["params"]), metric: teacher[metric]},
+        "best": {"trial_id": best["trial_id"], "params": int(best["params"]), metric: float(best[metric])},
+        "retrained": {"path": str(students / "student.pt"), "params": retrained["params"], metric: retrained[metric]},
+        f"official_eval_{metric}": scored[metric],
+        "trials": trials["status"].value_counts().to_dict(),
+        "front_size": len(front),
         "wall_s": wall_s,
         "steps_s": timings,
     }
-    (experiment / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(experiment / "summary.json", json.dumps(summary, indent=2))
 
-    print(f"\nteacher: {teacher['params'] / 1e6:.3f}M params, val mIoU {teacher['miou']:.4f}")
+    print(f"\nteacher: {teacher['params'] / 1e6:.3f}M params, val {label} {teacher[metric]:.4f}")
     print(f"front ({len(front)} of {len(trials)} trials):")
     for row in front.itertuples():
+        value = getattr(row, metric)
         print(f"  {row.trial_id}  {row.params / 1e6:.3f}M ({row.params / teacher['params']:.0%})  "
-              f"mIoU {row.miou:.4f} ({row.miou / teacher['miou']:.0%} of the teacher)  {row.policy_summary}")
-    small = front[(front["params"] <= PARAM_SHARE * teacher["params"]) & (front["miou"] >= MIOU_SHARE * teacher["miou"])]
+              f"{label} {value:.4f} ({value / teacher[metric]:.0%} of the teacher)  {row.policy_summary}")
+    small = front[(front["params"] <= PARAM_SHARE * teacher["params"]) & (front[metric] >= KEPT_SHARE * teacher[metric])]
     verdict = "yes" if len(small) else "no"
-    print(f"a student with <= {PARAM_SHARE:.0%} of the params keeping >= {MIOU_SHARE:.0%} of the mIoU: {verdict}")
-    print(f"retrained best trial {best['trial_id']}: {retrained['params'] / 1e6:.3f}M params, val mIoU "
-          f"{retrained['mIoU']:.4f}; official evaluation of its predictions: {scored['mIoU']:.4f}")
+    print(f"a student with <= {PARAM_SHARE:.0%} of the params keeping >= {KEPT_SHARE:.0%} of the {label}: {verdict}")
+    print(f"retrained best trial {best['trial_id']}: {retrained['params'] / 1e6:.3f}M params, val {label} "
+          f"{retrained[metric]:.4f}; official evaluation of its predictions: {scored[metric]:.4f}")
     print(f"plots and report: {experiment}/pareto.png, curves.png, layers.png, report.md")
     print("steps: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; total {wall_s:.0f}s")
-    return 0 if len(small) and abs(scored["mIoU"] - retrained["mIoU"]) < 1e-6 else 1
+    return 0 if len(small) and abs(scored[metric] - retrained[metric]) < 1e-6 else 1
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from data.errors import InputError
+from search.storage import Location
 
 LOCK_FILE = ".driver.lock"
 
@@ -16,16 +17,20 @@ LOCK_FILE = ".driver.lock"
 class DriverLock:
     """Held while a driver runs a search; a second driver on the same experiment gets an InputError naming the holder.
 
-    The kernel releases a flock when its process ends, however it ends, so a dead driver's lock file
-    blocks nothing. An experiment on an object store is locked on this machine only (under ~/.cache).
+    The kernel releases a flock when its process ends, however it ends (SIGKILL included), so a dead
+    driver's lock file blocks nothing. The lock file is `.driver.lock` in the experiment folder; on a
+    shared disk it locks across nodes where the filesystem supports flock (NFSv4, Lustre, most cluster
+    filesystems). An experiment on an object store, which has no locks, is locked on this machine only
+    (a file under ~/.cache/plugkd/locks named by a hash of the URI).
     """
 
-    def __init__(self, experiment: str, local_folder: Path | None):
-        if local_folder is None:
-            digest = hashlib.sha256(experiment.encode()).hexdigest()[:16]
-            local_folder = Path.home() / ".cache" / "plugkd" / "locks" / digest
-        local_folder.mkdir(parents=True, exist_ok=True)
-        self.experiment, self.path = experiment, local_folder / LOCK_FILE
+    def __init__(self, experiment: Location):
+        folder = experiment.local
+        if folder is None:
+            digest = hashlib.sha256(experiment.base.encode()).hexdigest()[:16]
+            folder = Path.home() / ".cache" / "plugkd" / "locks" / digest
+        folder.mkdir(parents=True, exist_ok=True)
+        self.experiment, self.path = experiment.base, folder / LOCK_FILE
         self.handle = None
 
     def __enter__(self) -> DriverLock:

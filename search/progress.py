@@ -35,6 +35,8 @@ class ProgressPrinter(Callback):
         )
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info) -> None:
+        if result.get("warning"):
+            print(f"warning: trial {trial.trial_id}: {result['warning']}", flush=True)
         if not result.get("infeasible"):
             self._line(trial, result, "running")
 

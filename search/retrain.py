@@ -29,7 +29,7 @@ from search.trial import STATE_FILE
 from trainable.checkpoint import read_file
 from trainable.config import DistillSettings, pick_device
 from trainable.distill import Distillation
-from trainable.export import export_onnx, unsupported_reason, verify_onnx
+from trainable.export import check_exportable, export_verified
 from trainable.inventory import count_params
 from trainable.surgery import read_policy, save_student
 
@@ -140,8 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run.last_eval
     t = space.teacher
     student = run.student.cpu()
+    d, val = space.data, run.val.dataset
     save_student(out / "student.pt", student, t.arch, t.arch_args, policy, task=t.task, input_size=space.input_size,
-                 search_path=t.search_path)
+                 search_path=t.search_path,
+                 preprocess={"image_size": d.image_size, "eval_resize": d.eval_resize, "mean": list(d.mean), "std": list(d.std)},
+                 classes=getattr(getattr(val, "dataset", val), "classes", None))  # a Subset (max_val_images) wraps the split
     write_bytes_atomic(out / "policy.json", json.dumps(policy, indent=2).encode())
     write_bytes_atomic(out / "eval.json", json.dumps({
         **result.to_json(), "metric": space.search.score, "params": count_params(run.student),
@@ -157,12 +160,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def export_student(student, path: Path, input_size: tuple[int, int]) -> None:
     """student.onnx beside student.pt, verified in onnxruntime; a model ONNX cannot hold is said, not fatal."""
-    unsupported = unsupported_reason(student)
-    if unsupported is not None:
-        print(f"no ONNX export: {unsupported}")
+    try:
+        check_exportable(student, str(path))
+    except InputError as err:
+        print(f"no ONNX export: {err}")
         return
-    export_onnx(student, path, input_size)
-    difference = verify_onnx(student, path, input_size)
+    difference = export_verified(student, path, input_size)
     print(f"exported {path} (onnxruntime agrees with PyTorch: largest difference {difference:.2e})")
 
 

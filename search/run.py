@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import hashlib
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -27,7 +28,6 @@ import torch  # noqa: E402
 from ray import tune  # noqa: E402
 
 from data.errors import InputError, run_cli  # noqa: E402
-from data.kinds import kind  # noqa: E402
 from search.choices import PolicyChoices, resolve_choices  # noqa: E402
 from search.experiment import OPTUNA_FILE, RUN_FILE, SPACE_COPY, TEACHER_FILE, read_space_copy  # noqa: E402
 from search.library import Library, build_library  # noqa: E402
@@ -37,10 +37,12 @@ from search.results import FINISHED, TRIALS_FILE, write_trials  # noqa: E402
 from search.searcher import make_scheduler, make_searcher  # noqa: E402
 from search.space import Space, load_space  # noqa: E402
 from search.storage import Location  # noqa: E402
+from search.teacher import check_classes  # noqa: E402
 from search.trial import TrialSetup, distill_trial, shared_teacher, teacher_arrays  # noqa: E402
 from trainable.checkpoint import load_weights  # noqa: E402
-from trainable.config import pick_device  # noqa: E402
+from trainable.config import describe_device, pick_device  # noqa: E402
 from trainable.inventory import count_flops, count_params, output_classes  # noqa: E402
+from trainable.latency import measure_latency, plug_latencies  # noqa: E402
 from trainable.loaders import unlabeled_set, val_loader  # noqa: E402
 
 INTERRUPTED = 130
@@ -77,13 +79,7 @@ def check_inputs(space: Space) -> None:
         raise InputError(f"{space.path}: data.root: expected an existing folder, got {space.data.root} (no such folder)")
     unlabeled_set(space.data)
     val_loader(space.data)
-    expected = kind(space.data.dataset).num_classes(space.data)
-    outputs = output_classes(space.teacher.structure(), space.input_size)
-    if expected is not None and expected != outputs:
-        raise InputError(
-            f"{space.path}: data.val: expected as many classes as the teacher outputs ({outputs}), "
-            f"got {expected} class folders in {space.data.root / str(space.data.val)}"
-        )
+    check_classes(space)
 
 
 def check_gpus(space: Space, available: float, where: str) -> None:
@@ -142,6 +138,36 @@ def _teacher_metrics(space: Space, state: dict[str, np.ndarray]) -> dict[str, fl
     return task.evaluate(teacher, val_loader(space.data, task.eval_batch_size(space.data)), space.data, classes, device).values
 
 
+def _latencies(space: Space, state: dict[str, np.ndarray], layer_ops: dict[str, list[str]]) -> dict:
+    """The teacher's latency and each (layer, op)'s time alone, on the device a trial gets."""
+    device = pick_device()
+    teacher = shared_teacher(space.teacher, state).to(device)
+    s = space.latency
+    measured = measure_latency(teacher, space.input_size, s.batch, device, s.warmup, s.runs, s.backend)
+    ops = {layer: ["keep", *names] for layer, names in layer_ops.items()}
+    table = plug_latencies(teacher, ops, space.input_size, s.batch, device, s.warmup, s.runs)
+    return {"device": describe_device(device), "teacher_ms": measured.median_ms, "spread": measured.spread, "table": table}
+
+
+def with_latency(space: Space, choices: PolicyChoices, state_ref: ray.ObjectRef, folder: Location) -> PolicyChoices:
+    """Choices that know each policy's predicted latency (and the latency budget), timed once and cached in `folder`."""
+    layer_ops = {layer: [op for op in c.ops if op != "keep"] for c in choices.choices for layer in c.layers}
+    key = hashlib.sha256(json.dumps([space.teacher.arch, repr(space.teacher.args), list(space.input_size),
+                                     asdict(space.latency), layer_ops, space.search.gpu > 0], sort_keys=True).encode())
+    name = f"latency-{key.hexdigest()[:16]}.json"
+    if folder.exists(name):
+        timed = json.loads(folder.read_text(name))
+    else:
+        print("timing the teacher and every plug alone ...", flush=True)
+        measure = ray.remote(num_cpus=space.search.cpu, num_gpus=space.search.gpu)(_latencies)
+        timed = ray.get(measure.remote(space, state_ref, layer_ops))
+        folder.write_text(name, json.dumps(timed, indent=2))
+    ratio = space.policy.max_latency_ratio
+    print(f"teacher latency {timed['teacher_ms']:.2f} ms on {timed['device']} (batch {space.latency.batch})", flush=True)
+    return replace(choices, layer_latency=timed["table"], teacher_latency_ms=timed["teacher_ms"],
+                   max_latency_ms=None if ratio is None else ratio * timed["teacher_ms"])
+
+
 def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
@@ -150,7 +176,7 @@ def make_trainable(space: Space, choices: PolicyChoices, state_ref: ray.ObjectRe
     """The trial function with its typed setup; the teacher's arrays travel once, through the object store."""
     metrics = {name: teacher[name] for name in space.task.metrics(teacher["num_classes"]) if name in teacher}
     setup = TrialSetup(space.teacher, space.data, space.distill, choices, metrics, space.search.score,
-                       library.cache if library is not None else None)
+                       library.cache if library is not None else None, space.latency)
     trainable = tune.with_parameters(distill_trial, setup=setup, teacher_state=state_ref)
     return tune.with_resources(trainable, {"cpu": space.search.cpu, "gpu": space.search.gpu})
 
@@ -246,9 +272,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     choices = resolve_choices(space)
     check_inputs(space)
-    init_ray(args.address, space)
     experiment.makedirs()
-    with DriverLock(experiment.text, experiment.local):
+    with DriverLock(experiment):
+        init_ray(args.address, space)
         teacher = load_teacher(space)
         library = build_library(space, teacher, choices, pick_device()) if space.library is not None else None
         if library is not None:
@@ -260,6 +286,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         state_ref = ray.put(teacher_arrays(teacher))
         del teacher
         summary = teacher_summary(space, experiment, state_ref)
+        if space.latency is not None:
+            folder = Location.parse(library.cache.folder) if library is not None else experiment
+            choices = with_latency(space, choices, state_ref, folder)
+            if summary.get("latency_ms") is None:
+                summary["latency_ms"] = choices.teacher_latency_ms
+                experiment.write_text(TEACHER_FILE, json.dumps(summary, indent=2))
         trainable = make_trainable(space, choices, state_ref, summary, library)
         started = time.monotonic()
         fs = ray_filesystem(experiment)

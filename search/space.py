@@ -22,10 +22,10 @@ from search.searcher import COSTS, SEARCHERS
 from trainable import losses, models, tasks
 from trainable.config import DistillSettings, TeacherSettings
 from trainable.library import LibrarySettings
-from trainable.ops import parse_op
+from trainable.ops import op_names, parse_op
 
 SECTIONS = ("teacher", "data", "policy", "distill", "search")
-OPTIONAL_SECTIONS = ("library",)
+OPTIONAL_SECTIONS = ("library", "latency")
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
 # Distillation settings that may not be searched: they shape the trial, not the student.
 FIXED_ONLY = ("epochs", "steps_per_epoch", "seed")
@@ -79,6 +79,16 @@ class SearchSettings:
 
 
 @dataclass(frozen=True)
+class LatencySettings:
+    """How latency is measured: batch `batch` at the space's input size, `warmup` runs then the median of `runs`."""
+
+    backend: Literal["torch", "onnxruntime"] = "torch"
+    batch: int = 1
+    warmup: int = 3
+    runs: int = 20
+
+
+@dataclass(frozen=True)
 class TeacherTraining:
     """Supervised training of the space's own teacher (`search/teacher.py`)."""
 
@@ -98,6 +108,7 @@ class Space:
     searched: dict[str, Distribution]
     search: SearchSettings
     library: LibrarySettings | None = None
+    latency: LatencySettings | None = None  # measured when set, or when the budget or the objectives need it
 
     @property
     def name(self) -> str:
@@ -191,7 +202,7 @@ def _is_op(v: Any) -> bool:
     return True
 
 
-_OP = _Rule("an op (keep, dws, group<g>, bottleneck<b>, lowrank<r>)", _is_op, "text")
+_OP = _Rule(f"an op ({', '.join(op_names())})", _is_op, "text")
 
 # ---- sections ----------------------------------------------------------------------------------
 
@@ -477,6 +488,19 @@ def _search(s: _Section, epochs: int, task: tasks.Task, num_classes: int | None)
     )
 
 
+def _latency(s: _Section | None, policy: PolicySpace, objectives: tuple[str, ...]) -> LatencySettings | None:
+    if s is None:
+        needed = policy.max_latency_ratio is not None or "latency_ms" in objectives
+        return LatencySettings() if needed else None
+    d = lambda key: default(LatencySettings, key)  # noqa: E731
+    return LatencySettings(
+        backend=s.get("backend", _text("torch", "onnxruntime"), d("backend")),
+        batch=s.get("batch", _int(1), d("batch")),
+        warmup=s.get("warmup", _int(0), d("warmup")),
+        runs=s.get("runs", _int(1), d("runs")),
+    )
+
+
 def _library(s: _Section | None) -> LibrarySettings | None:
     if s is None:
         return None
@@ -500,6 +524,7 @@ _FIELDS = {
     "search": ("num_samples", "searcher", "scheduler", "score", "resources", "max_concurrent", "seed", "retrain_epochs",
                "objectives", "max_failures", "proposals"),
     "library": ("epochs", "lr", "batch_size", "cache", "max_activation_bytes"),
+    "latency": ("backend", "batch", "warmup", "runs"),
 }
 
 
@@ -556,14 +581,17 @@ def load_space(path: str | Path, folder: Path | None = None) -> Space:
     _check_edge(sections["distill"], teacher, distill, searched)
     data = _data(sections["data"], teacher.task)
     classes = teacher.num_classes or data.num_classes or (len(data.classes) if data.classes else None)
+    policy = _policy(sections["policy"])
+    search = _search(sections["search"], distill.epochs, tasks.get(teacher.task), classes)
     return Space(
         path=path,
         teacher=teacher,
         teacher_training=training,
         data=data,
-        policy=_policy(sections["policy"]),
+        policy=policy,
         distill=distill,
         searched=searched,
-        search=_search(sections["search"], distill.epochs, tasks.get(teacher.task), classes),
+        search=search,
         library=_library(top.section("library", _FIELDS["library"], optional=True)),
+        latency=_latency(top.section("latency", _FIELDS["latency"], optional=True), policy, search.objectives),
     )

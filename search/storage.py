@@ -2,15 +2,15 @@
 
 `--storage s3://bucket/prefix` works as Ray Tune itself stores experiments: through `pyarrow.fs`.
 Endpoint and credentials come from the usual AWS settings (environment, ~/.aws) or from the URI's
-query (`s3://bucket/prefix?endpoint_override=http://127.0.0.1:9000`), as `FileSystem.from_uri` reads
-it. Every file written here replaces the previous one whole: a temporary file then a rename on disks,
-one PUT (atomic by S3's semantics) on object stores.
+query (`s3://bucket/prefix?endpoint_override=127.0.0.1:9000&scheme=http`), as `FileSystem.from_uri`
+reads it; the query stays with the location, so the `--resume` hint a search prints reaches the same
+endpoint. Every file written here replaces the previous one whole: on a disk through
+`data.files.atomic_output` (a temporary file, fsync, rename), on an object store with one upload that
+either completes or leaves the previous object.
 """
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,34 +18,21 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from data.errors import InputError
+from data.files import write_bytes_atomic
 
 
 def is_uri(location: str | Path) -> bool:
     return "://" in str(location)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write a local file whole or not at all: a temporary file in its folder, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @dataclass(frozen=True)
 class Location:
-    """A folder: a filesystem, the path inside it, and how a person writes it (a local path or a URI)."""
+    """A folder: a filesystem, the path inside it, and how a person writes it (a local path, or a URI and its query)."""
 
     fs: pafs.FileSystem
     path: str
-    text: str
+    base: str  # the local path, or the URI without its query
+    query: str = ""  # a URI's query (endpoint_override=...&scheme=...), kept for the commands a user is told to run
 
     @classmethod
     def parse(cls, location: str | Path) -> Location:
@@ -55,10 +42,15 @@ class Location:
             return cls(pafs.LocalFileSystem(), local, local)
         try:
             fs, path = pafs.FileSystem.from_uri(text)
-        except (pafs.ArrowInvalid, OSError, ValueError) as err:  # type: ignore[attr-defined]
-            raise InputError(f"--storage {text}: not a storage URI pyarrow can open ({err})") from None
-        base = text.split("?", 1)[0].rstrip("/")
-        return cls(fs, path.rstrip("/"), base)
+        except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+            raise InputError(f"{text}: not a storage URI pyarrow can open ({err})") from None
+        base, _, query = text.partition("?")
+        return cls(fs, path.rstrip("/"), base.rstrip("/"), query)
+
+    @property
+    def text(self) -> str:
+        """The location as a person passes it to a command (with its query)."""
+        return f"{self.base}?{self.query}" if self.query else self.base
 
     @property
     def local(self) -> Path | None:
@@ -69,10 +61,10 @@ class Location:
         return self.path.rstrip("/").rsplit("/", 1)[-1]
 
     def child(self, name: str) -> Location:
-        return Location(self.fs, f"{self.path}/{name}", f"{self.text}/{name}")
+        return Location(self.fs, f"{self.path}/{name}", f"{self.base}/{name}", self.query)
 
     def parent(self) -> Location:
-        return Location(self.fs, self.path.rsplit("/", 1)[0], self.text.rsplit("/", 1)[0])
+        return Location(self.fs, self.path.rsplit("/", 1)[0], self.base.rsplit("/", 1)[0], self.query)
 
     def exists(self, name: str) -> bool:
         return self.fs.get_file_info(f"{self.path}/{name}").type == pafs.FileType.File
@@ -82,7 +74,7 @@ class Location:
             with self.fs.open_input_stream(f"{self.path}/{name}") as stream:
                 return stream.read()
         except (FileNotFoundError, OSError) as err:
-            raise InputError(f"{self.text}/{name}: cannot read ({err})") from None
+            raise InputError(f"{self.base}/{name}: cannot read ({err})") from None
 
     def read_text(self, name: str) -> str:
         return self.read_bytes(name).decode()
@@ -91,8 +83,9 @@ class Location:
         if self.local is not None:
             write_bytes_atomic(self.local / name, data)
             return
-        with self.fs.open_output_stream(f"{self.path}/{name}") as stream:
-            stream.write(data)
+        stream = self.fs.open_output_stream(f"{self.path}/{name}")
+        stream.write(data)  # an object store shows the new object once close() completes its upload
+        stream.close()
 
     def write_text(self, name: str, text: str) -> None:
         self.write_bytes(name, text.encode())

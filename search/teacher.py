@@ -12,12 +12,26 @@ from typing import Sequence
 import torch
 
 from data.errors import InputError, run_cli
-from search.space import load_space
+from data.kinds import kind
+from search.space import Space, load_space
+from data.files import write_text_atomic
 from trainable.checkpoint import save_atomic
 from trainable.config import pick_device
 from trainable.inventory import output_classes
 from trainable.loaders import val_loader
 from trainable.supervised import train_supervised
+
+
+def check_classes(space: Space) -> int:
+    """The classes the teacher outputs; InputError naming the val folder when the val split holds another count."""
+    outputs = output_classes(space.teacher.structure(), space.input_size)
+    expected = kind(space.data.dataset).num_classes(space.data)
+    if expected is not None and expected != outputs:
+        raise InputError(
+            f"{space.path}: data.val: expected as many classes as the teacher outputs ({outputs}), "
+            f"got {expected} class folders in {space.data.root / str(space.data.val)}"
+        )
+    return outputs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     space = load_space(args.space)
     device = pick_device(args.device)
     t, task = space.teacher, space.task
-    classes = output_classes(t.structure(), space.input_size)
+    classes = check_classes(space)
     if args.evaluate:
         if not t.checkpoint.is_file():
             raise InputError(f"{space.path}: teacher.checkpoint: file {t.checkpoint} not found")
@@ -49,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=space.search.seed, log=lambda line: print(line, flush=True),
     )
     save_atomic(teacher.cpu().state_dict(), t.checkpoint)
-    t.checkpoint.with_suffix(".json").write_text(json.dumps({"arch": t.arch, **t.arch_args, **scores}, indent=2))
+    write_text_atomic(t.checkpoint.with_suffix(".json"), json.dumps({"arch": t.arch, **t.arch_args, **scores}, indent=2))
     shown = ", ".join(f"val {name} {value:.4f}" for name, value in scores.items())
     print(f"teacher written to {t.checkpoint} ({shown})")
     return 0

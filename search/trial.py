@@ -7,6 +7,7 @@ told FAILED, and Ray keeps its retries (`FailureConfig.max_failures`) for worker
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import warnings
 from dataclasses import dataclass, replace
@@ -20,12 +21,15 @@ from ray import tune
 from torch import nn
 
 from data.errors import InputError
+from data.kinds import kind
 from data.settings import DataSettings
 from search.choices import PolicyChoices
+from search.space import LatencySettings
 from trainable.checkpoint import read_file
 from trainable.config import DistillSettings, TeacherSettings
 from trainable.distill import Distillation, NonFiniteLoss
 from trainable.inventory import convs
+from trainable.latency import measure_latency
 from trainable.library import PlugCache
 
 STATE_FILE = "state.pt"
@@ -42,6 +46,7 @@ class TrialSetup:
     teacher_metrics: dict[str, float]
     score: str
     library: PlugCache | None = None  # trained plugs to start from (distill.init: library)
+    latency: LatencySettings | None = None  # each student's latency is measured when set
 
 
 _TEACHERS: dict[tuple, nn.Module] = {}
@@ -98,16 +103,19 @@ def library_plugs(cache: PlugCache, teacher: nn.Module, policy: Mapping[str, str
     return states
 
 
-def resume_state(checkpoint: tune.Checkpoint | None) -> dict | None:
-    """The trial's last checkpoint; a truncated or unreadable one means a fresh start, with one warning line."""
+def resume_state(checkpoint: tune.Checkpoint | None) -> tuple[dict | None, str | None]:
+    """The trial's last checkpoint state, or None and a warning when it is truncated, unreadable or gone.
+
+    Ray keeps one checkpoint per trial (CheckpointConfig(num_to_keep=1)): a trial whose checkpoint cannot be
+    read starts again from its first epoch; the warning travels in its next report and the driver prints it.
+    """
     if checkpoint is None:
-        return None
+        return None, None
     try:
         with checkpoint.as_directory() as folder:
-            return read_file(Path(folder) / STATE_FILE)
-    except InputError as err:
-        print(f"warning: trial checkpoint unreadable, the trial starts again from epoch 0: {err}", flush=True)
-        return None
+            return read_file(Path(folder) / STATE_FILE), None
+    except (InputError, OSError) as err:
+        return None, f"checkpoint unreadable, the trial starts again from epoch 1: {error_reason(err)}"
 
 
 def distill_trial(config: dict, setup: TrialSetup, teacher_state: dict[str, np.ndarray]) -> None:
@@ -124,35 +132,46 @@ def distill_trial(config: dict, setup: TrialSetup, teacher_state: dict[str, np.n
         "proposal": config.get("proposal", "optuna"),
         "predicted_drop": setup.choices.predicted_drop(policy),
         "node_id": ray.get_runtime_context().get_node_id(),
+        "pid": os.getpid(),
         "error_reason": None,
     }
     if not setup.choices.feasible(policy):
         tune.report({**base, "infeasible": True, "epoch": 0, setup.score: 0.0, "score": 0.0, "flops": 0})
         return
     last: dict = {}
+    notes: dict = {}  # a warning for the next report only
     try:
         run = Distillation(
             shared_teacher(setup.teacher, teacher_state), setup.teacher, policy, setup.data, settings,
             log_dir=Path(tune.get_context().get_trial_dir()) / "tb", teacher_metrics=setup.teacher_metrics,
         )
+        if setup.latency is not None:
+            s = setup.latency
+            measured = measure_latency(run.student, kind(setup.data.dataset).input_size(setup.data), s.batch, run.device,
+                                       s.warmup, s.runs, s.backend)
+            base.update(latency_ms=measured.median_ms, latency_ratio=measured.median_ms / setup.choices.teacher_latency_ms)
         if setup.library is not None and settings.init == "library":
             run.init_plugs(library_plugs(setup.library, run.teacher, policy))
-        state = resume_state(tune.get_checkpoint())
+        state, warning = resume_state(tune.get_checkpoint())
         if state is not None:
             run.load_state_dict(state)
+            last.update(run.history[-1] if run.history else {})
+        if warning is not None:
+            notes["warning"] = warning
 
         def report(metrics: dict, run: Distillation) -> None:
             last.update(metrics)
             with tempfile.TemporaryDirectory() as folder:
                 run.save(Path(folder) / STATE_FILE)
                 tune.report(
-                    {**base, **metrics, "infeasible": False, "score": metrics[setup.score]},
+                    {**base, **notes, **metrics, "infeasible": False, "score": metrics[setup.score]},
                     checkpoint=tune.Checkpoint.from_directory(folder),
                 )
+            notes.clear()
 
         run.fit(on_epoch=report)
     except Exception as err:  # the trial ends in error; the search goes on
         tune.report({
-            **base, **last, "infeasible": False, "error_reason": error_reason(err),
+            **base, **notes, **last, "infeasible": False, "error_reason": error_reason(err),
             "epoch": last.get("epoch", 0), setup.score: last.get(setup.score, 0.0), "score": last.get(setup.score, 0.0),
         })

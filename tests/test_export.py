@@ -91,7 +91,7 @@ def test_cli_dynamic_segmentation_student_matches_pytorch(seg_student, seg_onnx)
             expected = model(image).numpy()
         (got,) = session.run(None, {"image": image.numpy()})
         assert got.shape == (shape[0], 19, *shape[2:])
-        assert np.abs(expected).max() > 0.1  # the tolerance is not vacuous for these outputs
+        assert np.abs(expected).max() > 0.05  # atol is small next to these outputs
         np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
 
 

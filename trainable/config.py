@@ -1,6 +1,7 @@
 """Typed settings of one distillation run; `search/` turns space files into these."""
 from __future__ import annotations
 
+import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -78,6 +79,13 @@ class DistillSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def describe_device(device: torch.device) -> str:
+    """What a latency was measured on: the GPU's name, or the CPU's architecture and thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -353,7 +353,8 @@ class Distillation:
         score = self.task.score
         self.log(
             f"epoch {m['epoch']}/{self.settings.epochs}  {self.task.label} {m[score]:.4f} (teacher {m[f'teacher_{score}']:.4f})  "
-            f"loss {m['loss']:.4f} [hint {m['loss_hint']:.4f} kd {m['loss_kd']:.4f} ce {m['loss_ce']:.4f} edge {m['loss_edge']:.4f}]  "
+            f"loss {m['loss']:.4f} [hint {m['loss_hint']:.4f} kd {m['loss_kd']:.4f} ce {m['loss_ce']:.4f} "
+            f"edge {m['loss_edge']:.4f}]  "
             f"agree {m['agreement']:.3f}  {m['images_per_s']:.1f} img/s  params {m['param_ratio']:.1%}"
         )
         if self.writer is None:

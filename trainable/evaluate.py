@@ -1,11 +1,14 @@
-"""Cityscapes mIoU: confusion matrices, whole/sliding inference, model evaluation, and a CLI that scores PNGs.
+"""Cityscapes mIoU: confusion matrices, whole/sliding inference, model evaluation, and a CLI that scores predictions.
 
 `python -m trainable.evaluate --pred-dir P --gt-dir G [--pred-format labelIds|trainIds] [--json]` gives the
 same class IoUs as cityscapesscripts' evalPixelLevelSemanticLabeling (19 classes, ignore 255).
+`python -m trainable.evaluate --pred-csv predictions.csv --val-dir VAL [--json]` gives the top-1 accuracy of a
+classifier's predictions (`trainable.predict`) on an ImageFolder split: class = the sorted class folder names.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import re
@@ -22,7 +25,8 @@ from torch import Tensor, nn
 
 from data.cityscapes import find_label_files, read_train_ids
 from data.errors import InputError, run_cli
-from data.folder import require_dir
+from data.folder import find_images, require_dir
+from data.imagefolder import class_folders
 from data.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, label_to_train_lut
 from data.settings import EvalSettings
 
@@ -211,6 +215,69 @@ def score_folders(pred_dir: str | Path, gt_dir: str | Path, pred_format: str = "
     return EvalResult.from_confusion(conf)
 
 
+def read_prediction_csv(path: Path) -> dict[str, str]:
+    """`{path: class}` of a predictions CSV with the columns `path` and `class` (more, e.g. `score`, are ignored)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+    except FileNotFoundError:
+        raise InputError(f"{path}: predictions file not found; expected the predictions.csv of trainable.predict") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise InputError(f"{path}: cannot read predictions ({str(err).splitlines()[0]}); expected a CSV file") from None
+    header = rows[0] if rows else []
+    if "path" not in header or "class" not in header:
+        raise InputError(f"{path}: header {','.join(header) or '(empty file)'}; expected the columns path,class,score")
+    at, of = header.index("path"), header.index("class")
+    predicted: dict[str, str] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise InputError(f"{path}: line {line}: {len(row)} fields; expected {len(header)} ({','.join(header)})")
+        if row[at] in predicted:
+            raise InputError(f"{path}: line {line}: second prediction for {row[at]}; expected one per image")
+        predicted[row[at]] = row[of]
+    if not predicted:
+        raise InputError(f"{path}: no predictions; expected one row per image")
+    return predicted
+
+
+def score_predictions(pred_csv: str | Path, val_dir: str | Path) -> dict:
+    """Top-1 accuracy of a predictions CSV on an ImageFolder split: every image below `val_dir/<class>/` scored once.
+
+    A predicted class is a class folder name, or an index into the sorted names; the CSV's paths are relative
+    to `val_dir` (predictions made with `--images VAL`). A val image without a prediction, a prediction of no
+    val image and an unknown class are InputErrors naming them.
+    """
+    pred_csv, val_dir = Path(pred_csv), Path(val_dir)
+    predicted = read_prediction_csv(pred_csv)
+    names = class_folders(val_dir)
+    index = {name: i for i, name in enumerate(names)}
+    seen, hits = 0, [0] * len(names)
+    totals = [0] * len(names)
+    expected: set[str] = set()
+    for label, name in enumerate(names):
+        for image in find_images(val_dir / name):
+            rel = image.relative_to(val_dir).as_posix()
+            expected.add(rel)
+            if rel not in predicted:
+                raise InputError(f"{image}: no prediction in {pred_csv}; expected a row with path {rel}")
+            guess = predicted[rel]
+            guessed = index.get(guess, int(guess) if guess.isdecimal() and int(guess) < len(names) else None)
+            if guessed is None:
+                raise InputError(f"{pred_csv}: {rel}: unknown class {guess!r}; expected one of the class folders "
+                                 f"of {val_dir} ({', '.join(names)}) or an index 0..{len(names) - 1}")
+            totals[label] += 1
+            hits[label] += guessed == label
+            seen += 1
+    if not seen:
+        raise InputError(f"{val_dir}: no images in any class folder; expected images in <class>/ folders")
+    extra = sorted(set(predicted) - expected)
+    if extra:
+        raise InputError(f"{pred_csv}: {len(extra)} predictions of no image of {val_dir} (first: {extra[0]}); "
+                         "expected paths relative to the val folder, as written by predict --images VAL")
+    per_class = {name: (h / t if t else None) for name, h, t in zip(names, hits, totals)}
+    return {"top1": sum(hits) / seen, "images": seen, "per_class": per_class}
+
+
 def format_table(result: EvalResult) -> str:
     rows = [f"{'class':<15} {'IoU':>7}"]
     rows += [f"{name:<15} {'n/a' if iou is None else f'{iou:.4f}':>7}" for name, iou in result.per_class.items()]
@@ -220,12 +287,21 @@ def format_table(result: EvalResult) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainable.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--pred-dir", required=True, help="folder of prediction PNGs, searched recursively")
-    parser.add_argument("--gt-dir", required=True, help="a gtFine/<split> folder of *_gtFine_labelIds.png")
+    parser.add_argument("--pred-dir", help="segmentation: folder of prediction PNGs, searched recursively")
+    parser.add_argument("--gt-dir", help="segmentation: a gtFine/<split> folder of *_gtFine_labelIds.png")
     parser.add_argument("--pred-format", choices=("labelIds", "trainIds"), default="labelIds",
                         help="what the prediction pixels hold (default labelIds)")
+    parser.add_argument("--pred-csv", help="classification: predictions.csv of trainable.predict (path,class,score)")
+    parser.add_argument("--val-dir", help="classification: the ImageFolder split it predicts (<class>/<image>)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
+    given = [value is not None for value in (args.pred_dir, args.gt_dir, args.pred_csv, args.val_dir)]
+    if given not in ([True, True, False, False], [False, False, True, True]):
+        parser.error("give --pred-dir with --gt-dir (segmentation), or --pred-csv with --val-dir (classification)")
+    if args.pred_csv is not None:
+        scores = score_predictions(args.pred_csv, args.val_dir)
+        print(json.dumps(scores, indent=2) if args.json else f"top-1 {scores['top1']:.4f} ({scores['images']} images)")
+        return 0
     result = score_folders(args.pred_dir, args.gt_dir, args.pred_format)
     print(json.dumps(result.to_json(), indent=2) if args.json else format_table(result))
     return 0

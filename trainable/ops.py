@@ -19,19 +19,21 @@ groups.
 
 `lowrank` is initialised from the teacher's weights; `dws`, `group` and `bottleneck` keep
 PyTorch's default conv initialisation (kaiming uniform) and are trained by distillation.
+
+Each op is one `OpSpec` in a registry (`register`): its name, whether it takes a number, what stops it
+fitting a conv, the convs it builds and, optionally, its initialisation from the teacher's conv.
 """
 from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
 from data.errors import InputError
-
-_OP_RE = re.compile(r"(keep|dws)|(group|bottleneck|lowrank)([0-9]+)")
-
 
 class Plug(nn.Sequential):
     """The convs that replace one teacher conv; `op` names the cheap op they implement."""
@@ -44,17 +46,45 @@ class Plug(nn.Sequential):
         return f"op={self.op!r}"
 
 
+Layers = Callable[[nn.Conv2d, "int | None", torch.device], "OrderedDict[str, nn.Conv2d]"]
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One kind of op: its name (`<name>` or `<name><n>`), what stops it fitting a conv, its convs, its init."""
+
+    name: str
+    takes_arg: bool
+    misfit: Callable[[nn.Conv2d, "int | None"], "str | None"]  # why the op does not fit the conv, or None
+    layers: Layers | None  # None: the op replaces nothing (keep)
+    init: Callable[[Plug, nn.Conv2d, int], None] | None = None  # from the teacher's weights, when it can
+
+
+_OPS: dict[str, OpSpec] = {}
+
+
+def register(spec: OpSpec) -> OpSpec:
+    _OPS[spec.name] = spec
+    return spec
+
+
+def op_names() -> list[str]:
+    """How each registered op is written, e.g. `keep`, `group<n>`."""
+    return [spec.name + ("<n>" if spec.takes_arg else "") for spec in _OPS.values()]
+
+
 def parse_op(op: str) -> tuple[str, int | None]:
-    """Split an op name into its kind and its integer argument (None for `keep` and `dws`)."""
-    match = _OP_RE.fullmatch(op) if isinstance(op, str) else None
-    if match is None:
-        raise InputError(f"unknown op {op!r}: expected keep, dws, group<g>, bottleneck<b> or lowrank<r>")
-    if match.group(1):
-        return match.group(1), None
-    kind, arg = match.group(2), int(match.group(3))
+    """Split an op name into its kind and its integer argument (None for ops without one)."""
+    match = re.fullmatch(r"([a-z]+?)([0-9]*)", op) if isinstance(op, str) else None
+    spec = _OPS.get(match.group(1)) if match else None
+    if spec is None or spec.takes_arg != bool(match.group(2)):
+        raise InputError(f"unknown op {op!r}: expected one of {', '.join(op_names())}")
+    if not spec.takes_arg:
+        return spec.name, None
+    arg = int(match.group(2))
     if arg < 1:
-        raise InputError(f"op {op!r}: the number after {kind} must be >= 1")
-    return kind, arg
+        raise InputError(f"op {op!r}: the number after {spec.name} must be >= 1")
+    return spec.name, arg
 
 
 def max_rank(conv: nn.Conv2d) -> int:
@@ -66,19 +96,9 @@ def max_rank(conv: nn.Conv2d) -> int:
 def check_op(conv: nn.Conv2d, op: str) -> tuple[str, int | None]:
     """Parse `op` and check it fits `conv`; InputError naming the op and the reason otherwise."""
     kind, arg = parse_op(op)
-    cin, cout, groups = conv.in_channels, conv.out_channels, conv.groups
-    of_groups = f" ({groups} teacher groups times {arg})" if groups > 1 else ""
-    if kind == "group" and (cin % (groups * arg) or cout % (groups * arg)):
-        raise InputError(
-            f"op {op!r}: in_channels {cin} and out_channels {cout} must both be divisible by {groups * arg}{of_groups}"
-        )
-    if kind == "bottleneck":
-        if arg > cin:
-            raise InputError(f"op {op!r}: the factor {arg} is larger than in_channels {cin}")
-        if (cin // arg) % groups:
-            raise InputError(f"op {op!r}: {cin // arg} reduced channels are not divisible by the teacher's {groups} groups")
-    if kind == "lowrank" and arg > max_rank(conv):
-        raise InputError(f"op {op!r}: rank {arg} exceeds the full rank {max_rank(conv)} of this conv")
+    reason = _OPS[kind].misfit(conv, arg)
+    if reason is not None:
+        raise InputError(f"op {op!r}: {reason}")
     return kind, arg
 
 
@@ -94,27 +114,60 @@ def _conv(
     )
 
 
-def _layers(conv: nn.Conv2d, kind: str, arg: int | None, device: torch.device) -> OrderedDict[str, nn.Conv2d]:
+def _fits_always(conv: nn.Conv2d, arg: int | None) -> str | None:
+    return None
+
+
+def _group_misfit(conv: nn.Conv2d, arg: int) -> str | None:
+    cin, cout, groups = conv.in_channels, conv.out_channels, conv.groups
+    if cin % (groups * arg) or cout % (groups * arg):
+        of_groups = f" ({groups} teacher groups times {arg})" if groups > 1 else ""
+        return f"in_channels {cin} and out_channels {cout} must both be divisible by {groups * arg}{of_groups}"
+    return None
+
+
+def _bottleneck_misfit(conv: nn.Conv2d, arg: int) -> str | None:
+    if arg > conv.in_channels:
+        return f"the factor {arg} is larger than in_channels {conv.in_channels}"
+    if (conv.in_channels // arg) % conv.groups:
+        return f"{conv.in_channels // arg} reduced channels are not divisible by the teacher's {conv.groups} groups"
+    return None
+
+
+def _lowrank_misfit(conv: nn.Conv2d, arg: int) -> str | None:
+    return f"rank {arg} exceeds the full rank {max_rank(conv)} of this conv" if arg > max_rank(conv) else None
+
+
+def _dws(conv: nn.Conv2d, arg: None, device: torch.device) -> OrderedDict[str, nn.Conv2d]:
     cin, cout, g, bias, dtype = conv.in_channels, conv.out_channels, conv.groups, conv.bias is not None, conv.weight.dtype
-    if kind == "dws":
-        return OrderedDict(
-            spatial=_conv(cin, cin, cin, False, conv, device, dtype),
-            pointwise=_conv(cin, cout, g, bias, None, device, dtype),
-        )
-    if kind == "group":
-        return OrderedDict(
-            spatial=_conv(cin, cout, g * arg, False, conv, device, dtype),
-            pointwise=_conv(cout, cout, g, bias, None, device, dtype),
-        )
-    if kind == "bottleneck":
-        mid = cin // arg
-        return OrderedDict(
-            reduce=_conv(cin, mid, g, False, None, device, dtype),
-            spatial=_conv(mid, mid, g, False, conv, device, dtype),
-            expand=_conv(mid, cout, g, bias, None, device, dtype),
-        )
     return OrderedDict(
-        spatial=_conv(cin, arg * g, g, False, conv, device, dtype),
+        spatial=_conv(cin, cin, cin, False, conv, device, dtype),
+        pointwise=_conv(cin, cout, g, bias, None, device, dtype),
+    )
+
+
+def _group(conv: nn.Conv2d, arg: int, device: torch.device) -> OrderedDict[str, nn.Conv2d]:
+    cin, cout, g, bias, dtype = conv.in_channels, conv.out_channels, conv.groups, conv.bias is not None, conv.weight.dtype
+    return OrderedDict(
+        spatial=_conv(cin, cout, g * arg, False, conv, device, dtype),
+        pointwise=_conv(cout, cout, g, bias, None, device, dtype),
+    )
+
+
+def _bottleneck(conv: nn.Conv2d, arg: int, device: torch.device) -> OrderedDict[str, nn.Conv2d]:
+    cin, cout, g, bias, dtype = conv.in_channels, conv.out_channels, conv.groups, conv.bias is not None, conv.weight.dtype
+    mid = cin // arg
+    return OrderedDict(
+        reduce=_conv(cin, mid, g, False, None, device, dtype),
+        spatial=_conv(mid, mid, g, False, conv, device, dtype),
+        expand=_conv(mid, cout, g, bias, None, device, dtype),
+    )
+
+
+def _lowrank(conv: nn.Conv2d, arg: int, device: torch.device) -> OrderedDict[str, nn.Conv2d]:
+    cout, g, bias, dtype = conv.out_channels, conv.groups, conv.bias is not None, conv.weight.dtype
+    return OrderedDict(
+        spatial=_conv(conv.in_channels, arg * g, g, False, conv, device, dtype),
         pointwise=_conv(arg * g, cout, g, bias, None, device, dtype),
     )
 
@@ -150,21 +203,30 @@ def _init_lowrank(plug: Plug, conv: nn.Conv2d, rank: int) -> None:
         plug.pointwise.bias.copy_(conv.bias)
 
 
+register(OpSpec("keep", False, _fits_always, None))
+register(OpSpec("dws", False, _fits_always, _dws))
+register(OpSpec("group", True, _group_misfit, _group))
+register(OpSpec("bottleneck", True, _bottleneck_misfit, _bottleneck))
+register(OpSpec("lowrank", True, _lowrank_misfit, _lowrank, init=_init_lowrank))
+
+
 def make_op(conv: nn.Conv2d, op: str) -> Plug:
     """Build the replacement for `conv` named by `op` (not `keep`) on the conv's device and dtype."""
     kind, arg = check_op(conv, op)
-    if kind == "keep":
-        raise InputError(f"op {op!r}: keep replaces nothing, it leaves the conv as it is")
-    plug = Plug(op, _layers(conv, kind, arg, conv.weight.device))
+    spec = _OPS[kind]
+    if spec.layers is None:
+        raise InputError(f"op {op!r}: {kind} replaces nothing, it leaves the conv as it is")
+    plug = Plug(op, spec.layers(conv, arg, conv.weight.device))
     plug.train(conv.training)
-    if kind == "lowrank" and not conv.weight.is_meta:
-        _init_lowrank(plug, conv, arg)
+    if spec.init is not None and not conv.weight.is_meta:
+        spec.init(plug, conv, arg)
     return plug
 
 
 def op_params(conv: nn.Conv2d, op: str) -> int:
     """Parameter count of `conv` after applying `op`, counted on the built module (on the meta device)."""
     kind, arg = check_op(conv, op)
-    if kind == "keep":
+    spec = _OPS[kind]
+    if spec.layers is None:
         return sum(p.numel() for p in conv.parameters())
-    return sum(p.numel() for p in Plug(op, _layers(conv, kind, arg, torch.device("meta"))).parameters())
+    return sum(p.numel() for p in Plug(op, spec.layers(conv, arg, torch.device("meta"))).parameters())

@@ -5,7 +5,7 @@ import copy
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -66,17 +66,22 @@ def apply_policy(teacher: nn.Module, policy: Mapping[str, str]) -> nn.Module:
 def save_student(
     path: str | Path, student: nn.Module, arch: str, arch_args: Mapping[str, Any], policy: Mapping[str, str], *,
     task: str | None = None, input_size: tuple[int, int] | None = None, search_path: Path | None = None,
+    preprocess: Mapping[str, Any] | None = None, classes: Sequence[str] | None = None,
 ) -> None:
     """Write a whole student atomically: it rebuilds alone, in any folder (see `load_student`).
 
     For a `module:callable` teacher the file records where the module was imported from, so that a
-    fresh process elsewhere imports it again.
+    fresh process elsewhere imports it again. `preprocess` (the eval transform's `image_size`,
+    `eval_resize`, `mean`, `std`) and `classes` (class names in output order) are what
+    `trainable.predict` needs to read a folder of images as the val split was read.
     """
     origin = None if is_zoo(arch) else asdict(resolve(arch, search_path)[1])
     save_atomic({
         "arch": arch, "arch_args": dict(arch_args), "policy": dict(policy), "state_dict": student.state_dict(),
         "task": task if task is not None else (info(arch).task if is_zoo(arch) else None),
         "origin": origin, "input_size": list(input_size) if input_size is not None else None,
+        "preprocess": dict(preprocess) if preprocess is not None else None,
+        "classes": list(classes) if classes is not None else None,
     }, path)
 
 

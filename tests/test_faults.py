@@ -1,0 +1,434 @@
+"""Faults a search survives, each with its outcome named (status, reason, what was kept).
+
+Inside a trial: a loss that diverges, an exception, a worker SIGKILLed mid-trial. Around the search: a driver
+SIGKILLed mid-search with a trial checkpoint then truncated, a second driver on a held experiment, `--resume` of a
+finished search. Under every writer of the project: a disk that fills during the write.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import optuna
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from data.synthetic import generate
+from trainable import models
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 300
+EPOCHS = 3
+SAFE_LR = 3e-3
+HUGE_LR = 1e12  # plain SGD at this rate sends the plugged weights to ~1e10 in one step: loss nan at epoch 1, step 2
+
+
+def fault_space(tmp: Path, data_root: Path, distill: dict | None = None, **search) -> dict:
+    """A tiny space (test_search.tiny_space's shape): 3 epochs of 2 steps, no scheduler, 2 trials at a time."""
+    return {
+        "teacher": {"arch": "deepwv3plus", "num_classes": 19, "width": 0.0625, "checkpoint": str(tmp / "teacher.pt")},
+        "data": {"dataset": "cityscapes", "root": str(data_root), "unlabeled": ["leftImg8bit/train_extra"],
+                 "val": "val", "crop": [32, 64], "scale": [1.0, 1.0], "batch_size": 4, "eval": "whole"},
+        "policy": {
+            "budget": {"max_param_ratio": 0.75},
+            "groups": [
+                {"layers": ["mod7.*.convs.conv2", "aspp.features.[123].0"], "ops": ["keep", "dws"]},
+                {"layers": ["mod5.*.convs.conv[12]"], "ops": ["keep", "dws", "group2"]},
+            ],
+        },
+        "distill": {"epochs": EPOCHS, "steps_per_epoch": 2, "w_hint": {"loguniform": [0.1, 10], "default": 1},
+                    "lr": SAFE_LR, **(distill or {})},
+        "search": {"num_samples": 4, "searcher": "tpe", "scheduler": "none", "resources": {"cpu": 1, "gpu": 0},
+                   "max_concurrent": 2, "seed": 0, "max_failures": 2, **search},
+    }
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """Synthetic Cityscapes (8 unlabeled images: each epoch of 2 batches of 4 reads all of them) and a teacher."""
+    tmp = tmp_path_factory.mktemp("faults")
+    generate(tmp / "data", train=4, val=4, size=(32, 64), seed=1, extra=8)
+    torch.manual_seed(0)
+    torch.save(models.build("deepwv3plus", width=0.0625).state_dict(), tmp / "teacher.pt")
+    return tmp
+
+
+def write_space(tmp: Path, name: str, raw: dict) -> Path:
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def command(*args: str | Path) -> list[str]:
+    return [sys.executable, str(ROOT / "search" / "run.py"), *map(str, args)]
+
+
+def result_rows(trial_dir: Path) -> list[dict]:
+    """The complete lines of a trial's result.json (Ray may be writing the last one)."""
+    path = trial_dir / "result.json"
+    rows = []
+    for line in (path.read_text().splitlines() if path.exists() else []):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            break
+    return rows
+
+
+def wait_for(condition: Callable[[], object], process: subprocess.Popen, log: Path, timeout: float = TIMEOUT):
+    """Poll `condition` until it returns something truthy; fail if the process ends first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if process.poll() is not None:
+            pytest.fail(f"driver ended (rc {process.returncode}) before the awaited state:\n{log.read_text()}")
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting:\n{log.read_text()}")
+
+
+def study_states(experiment: Path) -> dict[float, str]:
+    """The experiment's Optuna study, read as optuna-dashboard reads it: trial state by its sampled w_hint."""
+    study = optuna.load_study(study_name="plugkd", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    return {t.params["distill/w_hint"]: t.state.name for t in study.trials}
+
+
+def state_of(states: dict[float, str], w_hint: float) -> str:
+    matches = [state for value, state in states.items() if value == pytest.approx(w_hint, rel=1e-12)]
+    assert len(matches) == 1, (w_hint, states)
+    return matches[0]
+
+
+# --- inside a trial ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def in_trial(workspace) -> dict:
+    """A search where some trials diverge (lr HUGE_LR) and the worker of a sane trial is SIGKILLed after epoch 1."""
+    raw = fault_space(workspace, workspace / "data", {"optimizer": "sgd", "lr": {"choice": [SAFE_LR, HUGE_LR]}},
+                      num_samples=5)
+    experiment = workspace / "runs" / "in_trial"
+    log = workspace / "in_trial.log"
+    with log.open("w") as out:
+        driver = subprocess.Popen(command("--space", write_space(workspace, "in_trial", raw), "--name", "in_trial",
+                                          "--storage", workspace / "runs"),
+                                  cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    def sane_trial_after_epoch_1() -> tuple[str, dict] | None:
+        for trial_dir in experiment.glob("trial_*"):
+            rows = result_rows(trial_dir)
+            if len(rows) == 1 and rows[0]["epoch"] == 1 and rows[0]["error_reason"] is None:
+                return trial_dir.name, rows[0]
+        return None
+
+    try:
+        killed_dir, first = wait_for(sane_trial_after_epoch_1, driver, log)
+        os.kill(first["pid"], signal.SIGKILL)  # the Ray worker running the trial, mid-epoch 2
+        driver.wait(timeout=TIMEOUT)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 0, log.read_text()
+    return {"experiment": experiment, "table": pd.read_parquet(experiment / "trials.parquet"),
+            "killed": killed_dir, "killed_pid": first["pid"], "log": log.read_text()}
+
+
+def test_diverging_loss_ends_that_trial_as_error_nonfinite_loss_and_the_others_complete(in_trial):
+    table = in_trial["table"]
+    assert len(table) == 5
+    diverged, sane = table[table["hp.lr"] == HUGE_LR], table[table["hp.lr"] == SAFE_LR]
+    assert len(diverged) >= 1 and len(sane) >= 1  # the seeded sampler draws both rates
+    assert (diverged["status"] == "error").all() and (diverged["reason"] == "nonfinite_loss").all()
+    assert (diverged["epochs"] == 0).all() and diverged["miou"].isna().all()  # nothing measured is kept
+    assert (sane["status"] == "completed").all() and (sane["epochs"] == EPOCHS).all() and sane["reason"].isna().all()
+    assert sane["miou"].between(0, 1).all()
+
+
+def test_optuna_sqlite_study_says_failed_for_errors_and_complete_for_completed(in_trial):
+    states = study_states(in_trial["experiment"])
+    table = in_trial["table"]
+    assert len(states) == len(table)
+    for _, row in table.iterrows():
+        assert state_of(states, row["hp.w_hint"]) == ("FAIL" if row["status"] == "error" else "COMPLETE"), row
+
+
+def test_killed_worker_is_retried_from_its_last_checkpoint_and_the_table_counts_it(in_trial):
+    table = in_trial["table"].set_index("trial_id")
+    trial_id = in_trial["killed"].removeprefix("trial_")
+    assert table.loc[trial_id, "retries"] >= 1
+    assert table.loc[trial_id, "status"] == "completed" and table.loc[trial_id, "epochs"] == EPOCHS
+    rows = result_rows(in_trial["experiment"] / in_trial["killed"])
+    assert [row["epoch"] for row in rows] == list(range(1, EPOCHS + 1))  # epochs continue after the retry
+    assert rows[0]["pid"] == in_trial["killed_pid"] and all(row["pid"] != in_trial["killed_pid"] for row in rows[1:])
+    retries = int(table["retries"].sum())
+    assert f"; {retries} retr{'y' if retries == 1 else 'ies'} after a worker died" in in_trial["log"]
+
+
+def test_asha_counts_epochs_so_a_resumed_trial_is_judged_by_its_epoch(workspace, in_trial):
+    from search.searcher import make_scheduler
+    from search.space import load_space
+
+    raw = fault_space(workspace, workspace / "data", scheduler={"asha": {"grace_period": 1, "reduction_factor": 2}})
+    assert make_scheduler(load_space(write_space(workspace, "asha", raw)))._time_attr == "epoch"
+    rows = result_rows(in_trial["experiment"] / in_trial["killed"])
+    assert rows[1]["epoch"] == 2  # the first report of the retried worker: epoch 2 after epoch 1, the time ASHA reads
+
+
+def test_exception_in_a_trial_is_its_error_reason_and_the_search_goes_on(workspace):
+    """A truncated image among the unlabeled ones (a half-copied file): every trial reads it in its first epoch."""
+    data = workspace / "broken_data"
+    shutil.copytree(workspace / "data", data)
+    bad = sorted((data / "leftImg8bit" / "train_extra").rglob("*.png"))[3]
+    bad.write_bytes(bad.read_bytes()[:200])
+    raw = fault_space(workspace, data, {"epochs": 1}, num_samples=2)
+    done = subprocess.run(command("--space", write_space(workspace, "broken", raw), "--name", "broken",
+                                  "--storage", workspace / "runs"), cwd=ROOT, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    experiment = workspace / "runs" / "broken"
+    table = pd.read_parquet(experiment / "trials.parquet")
+    assert len(table) == 2 and (table["status"] == "error").all()
+    for reason in table["reason"]:
+        assert reason.startswith(f"InputError: {bad}: cannot read image (") and "\n" not in reason
+    assert set(study_states(experiment).values()) == {"FAIL"}
+    assert "2 trials: 2 error" in done.stdout
+
+
+# --- around the search ---------------------------------------------------------------------------------
+
+def tree(folder: Path) -> dict[str, tuple[int, int, str]]:
+    """Every file below the folder: size, modification time and content digest."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def around(workspace) -> dict:
+    """One trial at a time. While the first driver runs, a second one tries the experiment; once one trial has
+    finished and the next has reported epoch 1, that trial's worker is frozen (SIGSTOP, so Ray's snapshot holds its
+    checkpoint), the driver's whole process group is SIGKILLed, the trial's checkpoint is truncated, and the search
+    is resumed."""
+    raw = fault_space(workspace, workspace / "data", num_samples=3, max_concurrent=1)
+    experiment = workspace / "runs" / "around"
+    log = workspace / "around.log"
+    with log.open("w") as out:
+        first = subprocess.Popen(command("--space", write_space(workspace, "around", raw), "--name", "around",
+                                         "--storage", workspace / "runs"),
+                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lock = experiment / ".driver.lock"
+    frozen = None
+    try:
+        wait_for(lambda: (experiment / "run.json").is_file() and lock.is_file() and lock.read_text(), first, log)
+        second = subprocess.run(command("--resume", experiment), cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+
+        def next_trial_after_epoch_1() -> tuple[Path, dict] | None:
+            rows = {trial_dir: result_rows(trial_dir) for trial_dir in experiment.glob("trial_*")}
+            finished = [d for d, r in rows.items() if len(r) == EPOCHS]
+            running = [(d, r[-1]) for d, r in rows.items() if 1 <= len(r) < EPOCHS]
+            return running[0] if finished and running else None
+
+        truncated_dir, last = wait_for(next_trial_after_epoch_1, first, log)
+        frozen = last["pid"]
+        os.kill(frozen, signal.SIGSTOP)
+        time.sleep(4)  # two of Ray's experiment snapshots (TUNE_GLOBAL_CHECKPOINT_S=2) record the trial's checkpoint
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        if frozen is not None:
+            try:
+                os.kill(frozen, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    stale_lock = lock.read_text()
+    checkpoint = max(truncated_dir.glob("checkpoint_*/state.pt"))
+    checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    others = {d.name: (result_rows(d), tree(d)) for d in experiment.glob("trial_*") if d != truncated_dir}
+    before = result_rows(truncated_dir)
+    resumed = subprocess.run(command("--resume", experiment), cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+    return {"experiment": experiment, "first_pid": first.pid, "second": second, "stale_lock": stale_lock,
+            "truncated": truncated_dir, "checkpoint": checkpoint, "before": before, "others": others, "resumed": resumed}
+
+
+def test_second_driver_on_a_held_experiment_exits_2_naming_the_holder(around):
+    second = around["second"]
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert second.stderr.count("\n") == 1
+    assert f"another driver is running this experiment (pid {around['first_pid']} on {socket.gethostname()} since" \
+        in second.stderr
+
+
+def test_dead_drivers_lock_file_does_not_block_resume(around):
+    assert around["stale_lock"].startswith(f"pid {around['first_pid']} ")  # the SIGKILLed driver's file stayed
+    assert around["resumed"].returncode == 0, around["resumed"].stdout + around["resumed"].stderr
+
+
+def test_truncated_checkpoint_restarts_that_trial_from_the_start_with_one_warning(around):
+    resumed = around["resumed"]
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    warnings = [line for line in resumed.stdout.splitlines() if line.startswith("warning:")]
+    trial_id = around["truncated"].name.removeprefix("trial_")
+    assert len(warnings) == 1, resumed.stdout
+    assert warnings[0].startswith(f"warning: trial {trial_id}: checkpoint unreadable, the trial starts again from epoch 1")
+    assert str(around["checkpoint"]) in warnings[0]
+    rows = result_rows(around["truncated"])
+    assert len(around["before"]) >= 1
+    assert [row["epoch"] for row in rows[len(around["before"]):]] == list(range(1, EPOCHS + 1))  # from the start
+    table = pd.read_parquet(around["experiment"] / "trials.parquet").set_index("trial_id")
+    assert len(table) == 3 and (table["status"] == "completed").all() and (table["epochs"] == EPOCHS).all()
+
+
+def test_resume_leaves_the_other_trials_untouched(around):
+    experiment = around["experiment"]
+    finished = {name for name, (rows, _) in around["others"].items() if len(rows) == EPOCHS}
+    assert len(finished) == 1
+    for name in finished:
+        assert (result_rows(experiment / name), tree(experiment / name)) == around["others"][name]
+    states = study_states(experiment)  # the SQLite study survived the killed driver: one COMPLETE per trial
+    assert sorted(states.values()) == ["COMPLETE"] * 3
+
+
+def test_resume_of_a_finished_search_says_so_and_runs_nothing(around):
+    experiment = around["experiment"]
+    before = tree(experiment)
+    done = subprocess.run(command("--resume", experiment), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "the search has finished" in done.stdout and "nothing to run" in done.stdout
+    assert tree(experiment) == before  # no new trial folder, no file touched
+
+
+# --- a full disk under every writer --------------------------------------------------------------------
+
+class FullDisk:
+    """A file handle on a disk with `room` bytes left: the write that goes past it fails with ENOSPC, as the
+    kernel's does, after writing what fitted."""
+
+    def __init__(self, handle, room: int):
+        self.handle, self.room = handle, room
+
+    def write(self, data) -> int:
+        data = memoryview(data).cast("B")
+        if len(data) > self.room:
+            self.handle.write(data[: self.room])
+            self.handle.flush()
+            self.room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.handle.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self.handle, name)
+
+    def __enter__(self) -> FullDisk:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.close()
+
+
+def _experiment_file(name: str) -> Callable[[Path, int], Path]:
+    def write(folder: Path, version: int) -> Path:
+        from search.storage import Location
+
+        location = Location.parse(folder)
+        if name.endswith(".parquet"):
+            location.write_parquet(name, pd.DataFrame({"trial_id": [f"t{i}" for i in range(version * 50)]}))
+        else:
+            location.write_text(name, json.dumps({"version": version, "pad": "x" * 4000}))
+        return folder / name
+    return write
+
+
+def _trial_checkpoint(folder: Path, version: int) -> Path:
+    from trainable.checkpoint import save_atomic  # Distillation.save, which a trial's report calls
+
+    save_atomic({"epoch": version, "student": {"w": torch.full((64, 64), float(version))}}, folder / "state.pt")
+    return folder / "state.pt"
+
+
+def _student(folder: Path, version: int) -> Path:
+    from trainable.surgery import apply_policy, save_student
+
+    torch.manual_seed(version)
+    policy = {"mod7.block1.convs.conv2": "dws"}
+    student = apply_policy(models.build("deepwv3plus", width=0.0625), policy)
+    save_student(folder / "student.pt", student, "deepwv3plus", {"width": 0.0625}, policy)
+    return folder / "student.pt"
+
+
+def _plug(folder: Path, version: int) -> Path:
+    from torch import nn
+
+    from trainable.library import LibrarySettings, PlugCache
+    from trainable.ops import make_op
+
+    torch.manual_seed(version)
+    cache = PlugCache(folder, "teacher", ("images",), LibrarySettings(cache=folder))
+    return cache.save("conv", "dws", make_op(nn.Conv2d(16, 16, 3, padding=1), "dws"))
+
+
+def _retrain_json(folder: Path, version: int) -> Path:
+    from search.storage import write_bytes_atomic  # search/retrain.py's policy.json and eval.json
+
+    write_bytes_atomic(folder / "eval.json", json.dumps({"version": version, "pad": "x" * 4000}).encode())
+    return folder / "eval.json"
+
+
+def _analysis_output(name: str) -> Callable[[Path, int], Path]:
+    def write(folder: Path, version: int) -> Path:
+        from analysis.__main__ import main
+        from fixtures_analysis import make_experiment
+
+        experiment = folder / "exp"
+        if not experiment.exists():
+            make_experiment(folder, n_trials=40)
+        assert main([str(experiment)]) == 0
+        return experiment / name
+    return write
+
+
+WRITERS: dict[str, Callable[[Path, int], Path]] = {
+    "trials.parquet": _experiment_file("trials.parquet"),
+    "teacher.json": _experiment_file("teacher.json"),
+    "run.json": _experiment_file("run.json"),
+    "trial state.pt": _trial_checkpoint,
+    "student.pt": _student,
+    "plug library safetensors": _plug,
+    "retrain eval.json": _retrain_json,
+    **{f"analysis {name}": _analysis_output(name)
+       for name in ("pareto.csv", "pareto.png", "curves.png", "layers.png", "report.md")},
+}
+
+
+@pytest.mark.parametrize("writer", list(WRITERS))
+def test_a_disk_that_fills_during_a_write_leaves_the_previous_file_and_no_temporary(tmp_path, monkeypatch, writer):
+    """The disk fills while `writer` writes its file a second time (its temporary file, found by name)."""
+    write = WRITERS[writer]
+    target = write(tmp_path, 1)
+    previous = tree(tmp_path)
+    real_fdopen = os.fdopen
+
+    def fdopen(fd: int, *args, **kwargs):
+        handle = real_fdopen(fd, *args, **kwargs)
+        written = Path(os.readlink(f"/proc/self/fd/{fd}")).name
+        return FullDisk(handle, 100) if written.startswith(f".{target.name}.") else handle
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    with pytest.raises(OSError) as raised:
+        write(tmp_path, 2)
+    assert raised.value.errno == errno.ENOSPC
+    after = tree(tmp_path)
+    assert set(after) == set(previous)  # no temporary file left beside the files
+    name = str(target.relative_to(tmp_path))
+    assert after[name] == previous[name]  # the previous file, whole and untouched
