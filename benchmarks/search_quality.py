@@ -121,18 +121,27 @@ def bench_space(key: str, args: argparse.Namespace, log: Log) -> dict[str, Any]:
     epochs = args.epochs or defaults["epochs"]
     base = {**inputs, "library": None, "distill.init": "scratch", "distill.epochs": epochs,
             "search.num_samples": num_samples}
+    reference = write_space(SPACES[key], work / "space_baselines.yaml", {**base, "distill.seed": 0})
+    points = run_baselines(key, reference, epochs, work, log)
     runs: dict[str, list[Search]] = {name: [] for name in args.searchers}
+    failed: list[str] = []
     for seed in range(args.seeds):
         for searcher in args.searchers:
             space = write_space(SPACES[key], work / f"space_{searcher}_{seed}.yaml",
                                 {**base, "search.searcher": searcher, "search.seed": seed, "distill.seed": seed})
-            runs[searcher].append(run_search(space, work / "runs", f"{searcher}_{seed}", searcher, seed, log))
+            try:
+                runs[searcher].append(run_search(space, work / "runs", f"{searcher}_{seed}", searcher, seed, log))
+            except InputError as err:  # one failed search is reported, the others still compared
+                log(f"  {searcher}_{seed} FAILED: {str(err).splitlines()[0]}")
+                failed.append(f"{searcher} seed {seed}")
+    if not any(runs.values()):
+        raise InputError(f"{key}: every search failed: {', '.join(failed)}")
     budget = min(run.total for group in runs.values() for run in group)
     log(f"{key}: every search cut to {budget:.0f} trial-epochs")
-    reference = write_space(SPACES[key], work / "space_baselines.yaml", {**base, "distill.seed": 0})
-    points = run_baselines(key, reference, epochs, work, log)
     rows, records = [], []
     for searcher, group in runs.items():
+        if not group:
+            continue
         cuts = [run.steps <= budget + 1e-9 for run in group]
         hvs = [run.hv(run.trials[cut]) for run, cut in zip(group, cuts)]
         fronts = [run.front_size(run.trials[cut]) for run, cut in zip(group, cuts)]
@@ -144,8 +153,9 @@ def bench_space(key: str, args: argparse.Namespace, log: Log) -> dict[str, Any]:
                      "hv": hv, "front": front, "wall_s": run.wall_s, "total_trial_epochs": run.total,
                      "dominates": {p["name"]: dominated(run, cut, p) for p in points}}
                     for run, cut, hv, front in zip(group, cuts, hvs, fronts)]
-    return {"rows": rows, "records": records, "baselines": points, "budget": budget,
-            "metric": group[0].metric, "teacher": {"params": group[0].teacher_params, "score": group[0].teacher_score}}
+    first = next(run for group in runs.values() for run in group)
+    return {"rows": rows, "records": records, "baselines": points, "budget": budget, "failed": failed,
+            "metric": first.metric, "teacher": {"params": first.teacher_params, "score": first.teacher_score}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -176,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   markdown(["baseline", "layers", "params (of teacher)", result["metric"], "within budget"],
                            [[p["name"], p["layers"], f"{p['params'] / p['teacher_params']:.1%}", f"{p['score']:.4f}",
                              "yes" if p["within_budget"] else "no"] for p in points]),
-                  f"{key}: teacher {teacher['params'] / 1e6:.3f}M params, {result['metric']} {teacher['score']:.4f}", ""]
+                  f"{key}: teacher {teacher['params'] / 1e6:.3f}M params, {result['metric']} {teacher['score']:.4f}"
+                  + (f"; failed searches: {', '.join(result['failed'])}" if result["failed"] else ""), ""]
     elapsed = time.monotonic() - started
     lines.append(f"total {elapsed:.0f}s")
     report = "\n".join(lines)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +30,7 @@ from search.trial import STATE_FILE
 from trainable.checkpoint import read_file
 from trainable.config import DistillSettings, pick_device
 from trainable.distill import Distillation
-from trainable.export import check_exportable, export_verified
+from trainable.export import ExportError, check_exportable, export_verified
 from trainable.inventory import count_params
 from trainable.surgery import read_policy, save_student
 
@@ -59,9 +60,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def pick_trial(experiment: Location, trial_id: str | None, metric: str) -> pd.Series:
     if not experiment.exists(TRIALS_FILE):
-        raise InputError(f"{experiment.text}: no {TRIALS_FILE} (has the search finished? resume it with search/run.py --resume)")
+        raise InputError(f"{experiment.base}: no {TRIALS_FILE} (has the search finished? resume it with search/run.py --resume)")
     table = experiment.read_parquet(TRIALS_FILE)
-    where = f"{experiment.text}/{TRIALS_FILE}"
+    where = f"{experiment.base}/{TRIALS_FILE}"
     if trial_id is not None:
         rows = table[table["trial_id"] == trial_id]
         if rows.empty:
@@ -119,9 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         policy = json.loads(row["policy"])
         overrides = trial_overrides(row)
         name = args.name or experiment.name
+        origin = f"trial {row['trial_id']} of {experiment.base} (val {metric} {row[metric]:.4f} after {row['epochs']} epochs)"
         if not args.from_scratch and isinstance(row["checkpoint"], str):
             start_state = read_trial_state(experiment, row["checkpoint"])
-        origin = f"trial {row['trial_id']} of {experiment.text} (val {metric} {row[metric]:.4f} after {row['epochs']} epochs)"
+            origin += f" from its checkpoint {row['checkpoint']}"
     else:
         space = load_space(args.space)
         policy = read_policy(args.policy)
@@ -153,20 +155,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     }, indent=2).encode())
     score = space.search.score
     print(f"student: {out / 'student.pt'}  params {count_params(run.student) / 1e6:.3f}M  val {score} {result[score]:.4f}")
-    if not args.no_onnx:
-        export_student(student, out / "student.onnx", space.input_size)
-    return 0
+    return 0 if args.no_onnx else export_student(student, out / "student.onnx", space.input_size)
 
 
-def export_student(student, path: Path, input_size: tuple[int, int]) -> None:
-    """student.onnx beside student.pt, verified in onnxruntime; a model ONNX cannot hold is said, not fatal."""
+def export_student(student, path: Path, input_size: tuple[int, int]) -> int:
+    """student.onnx beside student.pt, verified in onnxruntime: 0, or 1 when verification fails.
+
+    A model ONNX cannot hold (e.g. Gated-SCNN's OpenCV step) is said, not fatal.
+    """
     try:
         check_exportable(student, str(path))
     except InputError as err:
         print(f"no ONNX export: {err}")
-        return
-    difference = export_verified(student, path, input_size)
+        return 0
+    try:
+        difference = export_verified(student, path, input_size)
+    except ExportError as err:
+        print(f"error: {path}: {err}", file=sys.stderr)
+        return 1
     print(f"exported {path} (onnxruntime agrees with PyTorch: largest difference {difference:.2e})")
+    return 0
 
 
 if __name__ == "__main__":

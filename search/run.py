@@ -238,7 +238,7 @@ def summarize(experiment: Location, num_samples: int, wall_s: float, space: Spac
     retries = int(table["retries"].sum())
     print(f"\n{len(table)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
           + f"; {retries} retr{'y' if retries == 1 else 'ies'} after a worker died")
-    print(f"results: {experiment.text}/{TRIALS_FILE}; front and plots: python -m analysis {experiment.text}")
+    print(f"results: {experiment.base}/{TRIALS_FILE}; front and plots: python -m analysis {experiment.text}")
     print(
         f"Tune's share of the wall time: {share:.1%} (trials computed {work:.0f}s of {wall_s:.0f}s x {slots} "
         f"slot{'s' if slots > 1 else ''}; the rest is worker start-up, scheduling and idle slots)"

@@ -74,8 +74,21 @@ class TellingOptunaSearch(OptunaSearch):
 
     def __init__(self, *args, first: list[dict] = (), **kwargs):
         super().__init__(*args, **kwargs)
+        self._fail_strays()
         for point in first:
             self._ot_study.enqueue_trial(point, user_attrs={"proposal": "library"})
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self._fail_strays()
+
+    def _fail_strays(self) -> None:
+        """Tell FAILED the study's running trials that no Ray trial holds: a driver killed after asking Optuna
+        for them and before its next snapshot. A study in memory has none; the experiment's SQLite file may."""
+        held = {trial.number for trial in self._ot_trials.values()}
+        for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.number not in held:
+                self._ot_study.tell(trial.number, state=TrialState.FAIL)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:

@@ -21,6 +21,7 @@ from data.settings import Augment, DataSettings, EvalSettings, Split
 from search.searcher import COSTS, SEARCHERS
 from trainable import losses, models, tasks
 from trainable.config import DistillSettings, TeacherSettings
+from trainable.inventory import output_classes
 from trainable.library import LibrarySettings
 from trainable.ops import op_names, parse_op
 
@@ -120,8 +121,8 @@ class Space:
 
     @property
     def metrics(self) -> tuple[str, ...]:
-        """The task's metrics for this teacher, the search's score first."""
-        names = self.task.metrics(self.teacher.num_classes or self.data.num_classes or 1000)
+        """The task's metrics for the classes this teacher outputs, the search's score first."""
+        names = self.task.metrics(output_classes(self.teacher.structure(), self.input_size))
         return (self.search.score, *(name for name in names if name != self.search.score))
 
     @property

@@ -18,8 +18,9 @@ from data.errors import run_cli
 from data.labels import TRAIN_TO_LABEL_ID, train_to_label_lut
 from data.synthetic import generate
 from data.transforms import eval_transforms, normalize
-from trainable.evaluate import evaluate, infer_logits
-from data.settings import EvalSettings
+from trainable.evaluate import infer_logits
+from data.settings import DataSettings, EvalSettings
+from trainable import tasks
 from trainable.models import build
 from trainable.predict import main
 from trainable.surgery import apply_policy, save_student
@@ -85,8 +86,8 @@ def test_student_predictions_score_like_in_process_evaluation(root, student, tmp
     scored = _run("trainable.evaluate", "--pred-dir", out, "--gt-dir", root / "gtFine" / "val", "--json")
     assert scored.returncode == 0, scored.stderr
     dataset = CityscapesSegmentation(root, "val", eval_transforms())
-    expected = evaluate(model, DataLoader(dataset, batch_size=1), EvalSettings())
-    assert json.loads(scored.stdout)["mIoU"] == pytest.approx(expected.miou, abs=1e-9)
+    expected = tasks.get("segmentation").evaluate(model, DataLoader(dataset, batch_size=1), DataSettings(root=root), 19)
+    assert json.loads(scored.stdout)["mIoU"] == pytest.approx(expected["miou"], abs=1e-9)
 
 
 def test_teacher_from_plain_state_dict(root, tmp_path, capsys):

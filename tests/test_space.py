@@ -14,6 +14,7 @@ from data.errors import InputError, run_cli
 from data.synthetic import generate
 from search import run
 from search.choices import resolve_choices
+from search.lock import LOCK_FILE
 from search.space import Distribution, load_space
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,7 +178,8 @@ def test_valid_space_passes_every_check_before_ray_and_writes_nothing(tmp_path, 
     storage = tmp_path / "runs"
     code, lines = run_command(write(tmp_path, tiny(tmp_path)), storage, capsys)
     assert code == "ray started", lines
-    assert not storage.exists()
+    written = [path.name for path in storage.rglob("*") if path.is_file()]
+    assert written == [LOCK_FILE]  # the driver's lock is taken before Ray starts; nothing else is written
 
 
 def test_command_line_refuses_a_broken_space(tmp_path):
@@ -186,7 +188,7 @@ def test_command_line_refuses_a_broken_space(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines() == [
-        f"error: {space}: extras: unknown field; expected one of teacher, data, policy, distill, search"
+        f"error: {space}: extras: unknown field; expected one of teacher, data, policy, distill, search, library, latency"
     ]
     assert not (tmp_path / "runs").exists()
 

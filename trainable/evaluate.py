@@ -251,8 +251,7 @@ def score_predictions(pred_csv: str | Path, val_dir: str | Path) -> dict:
     predicted = read_prediction_csv(pred_csv)
     names = class_folders(val_dir)
     index = {name: i for i, name in enumerate(names)}
-    seen, hits = 0, [0] * len(names)
-    totals = [0] * len(names)
+    hits, totals = [0] * len(names), [0] * len(names)
     expected: set[str] = set()
     for label, name in enumerate(names):
         for image in find_images(val_dir / name):
@@ -267,7 +266,7 @@ def score_predictions(pred_csv: str | Path, val_dir: str | Path) -> dict:
                                  f"of {val_dir} ({', '.join(names)}) or an index 0..{len(names) - 1}")
             totals[label] += 1
             hits[label] += guessed == label
-            seen += 1
+    seen = sum(totals)
     if not seen:
         raise InputError(f"{val_dir}: no images in any class folder; expected images in <class>/ folders")
     extra = sorted(set(predicted) - expected)

@@ -69,7 +69,8 @@ def load_model(args: argparse.Namespace, device: torch.device) -> tuple[nn.Modul
         return model.eval(), meta
     num_classes = NUM_CLASSES if args.num_classes is None else args.num_classes
     _require_segmentation(info(args.teacher).task, num_classes, f"--teacher {args.teacher}")
-    settings = TeacherSettings.of(args.teacher, args={"num_classes": num_classes, "width": args.width or 1.0},
+    width = 1.0 if args.width is None else args.width
+    settings = TeacherSettings.of(args.teacher, args={"num_classes": num_classes, "width": width},
                                   checkpoint=Path(args.checkpoint))
     return settings.build().to(device), {"task": "segmentation"}
 

@@ -10,9 +10,9 @@ A new task is one `@register` class.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,17 @@ def read_logits(output: Any) -> Tensor:
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
         return output[0]
     raise InputError(f"model output is a {type(output).__name__}; expected a tensor, a dict with 'out' or a tuple")
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """`model` in eval mode for the block, then back in the mode it had."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def _autocast(device: torch.device):
@@ -136,18 +147,14 @@ class Segmentation(Task):
                  device: torch.device | str = "cpu") -> TaskResult:
         """mIoU over `(image, trainId mask)` batches with the data's eval recipe; bf16 autocast on CUDA."""
         device = torch.device(device)
-        was_training = model.training
-        model.eval()
         conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
         forward = lambda x: self.logits(model, x)  # noqa: E731
-        try:
+        with _eval_mode(model):
             for images, masks in loader:
                 images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
                 with _autocast(device):
                     logits = infer_logits(forward, images, data.eval)
                 conf += confusion_matrix(logits.argmax(1), masks, num_classes, IGNORE_INDEX)
-        finally:
-            model.train(was_training)
         per_class = dict(zip(class_names(num_classes), iou_per_class(conf)))
         miou = mean_iou(conf)
         # `mIoU` is the Cityscapes scripts' name for the same figure, kept for files read by their users.
@@ -177,12 +184,10 @@ class Classification(Task):
                  device: torch.device | str = "cpu") -> TaskResult:
         """Top-k accuracy over `(images, class index)` batches, one forward per batch; bf16 autocast on CUDA."""
         device = torch.device(device)
-        was_training = model.training
-        model.eval()
         ks = (1, 5) if num_classes >= 5 else (1,)
         hits = torch.zeros(len(ks), dtype=torch.int64, device=device)
         seen = 0
-        try:
+        with _eval_mode(model):
             for images, target in loader:
                 images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
                 with _autocast(device):
@@ -193,7 +198,5 @@ class Classification(Task):
                 correct = top == target[:, None]
                 hits += torch.stack([correct[:, :k].any(1).sum() for k in ks])
                 seen += images.shape[0]
-        finally:
-            model.train(was_training)
         values = {f"top{k}": (h / seen if seen else float("nan")) for k, h in zip(ks, hits.tolist())}
         return TaskResult(values, {"images": seen})

@@ -85,24 +85,28 @@ class ASPP(nn.Module):
         return torch.cat([pooled, *(branch(x) for branch in self.features)], dim=1)
 
 
+def add_backbone(net: nn.Module, width: float) -> int:
+    """Give `net` WideResNet38's mod1, pool2, pool3 and mod2-mod7 (NVIDIA's names, in their order); returns mod7's channels."""
+    net.mod1 = nn.Sequential(OrderedDict(conv1=_conv(3, _ch(64, width), 3)))
+    net.pool2 = nn.MaxPool2d(3, stride=2, padding=1)
+    net.pool3 = nn.MaxPool2d(3, stride=2, padding=1)
+    cin = _ch(64, width)
+    for stage, blocks, spec, stride, dilation, dropout in _STAGES:
+        channels = tuple(_ch(c, width) for c in spec)
+        units: OrderedDict[str, nn.Module] = OrderedDict()
+        for index in range(blocks):
+            units[f"block{index + 1}"] = IdentityResidualBlock(cin, channels, stride if index == 0 else 1, dilation, dropout)
+            cin = channels[-1]
+        setattr(net, stage, nn.Sequential(units))
+    return cin
+
+
 class DeepWV3Plus(nn.Module):
     """WideResNet38 (output stride 8) with ASPP and a decoder fed by mod2 at half resolution."""
 
     def __init__(self, num_classes: int = 19, width: float = 1.0):
         super().__init__()
-        self.mod1 = nn.Sequential(OrderedDict(conv1=_conv(3, _ch(64, width), 3)))
-        self.pool2 = nn.MaxPool2d(3, stride=2, padding=1)
-        self.pool3 = nn.MaxPool2d(3, stride=2, padding=1)
-        cin = _ch(64, width)
-        for stage, blocks, spec, stride, dilation, dropout in _STAGES:
-            channels = tuple(_ch(c, width) for c in spec)
-            units: OrderedDict[str, nn.Module] = OrderedDict()
-            for index in range(blocks):
-                units[f"block{index + 1}"] = IdentityResidualBlock(
-                    cin, channels, stride if index == 0 else 1, dilation, dropout
-                )
-                cin = channels[-1]
-            setattr(self, stage, nn.Sequential(units))
+        cin = add_backbone(self, width)
         reduction = _ch(256, width)
         self.aspp = ASPP(cin, reduction)
         self.bot_fine = _conv(_ch(128, width), _ch(48, width), 1)

@@ -7,7 +7,6 @@ CPU exactly as the published code does: on the network input cast to bytes, not 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 
 import cv2
 import numpy as np
@@ -17,7 +16,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
 from trainable.models import register
-from trainable.models.deepwv3plus import _STAGES, ASPP, IdentityResidualBlock, _ch, _conv, _upsample
+from trainable.models.deepwv3plus import ASPP, _ch, _conv, _upsample, add_backbone
 
 CANNY_THRESHOLDS = (10, 100)
 
@@ -90,19 +89,7 @@ class GSCNN(nn.Module):
 
     def __init__(self, num_classes: int = 19, width: float = 1.0):
         super().__init__()
-        self.mod1 = nn.Sequential(OrderedDict(conv1=_conv(3, _ch(64, width), 3)))
-        self.pool2 = nn.MaxPool2d(3, stride=2, padding=1)
-        self.pool3 = nn.MaxPool2d(3, stride=2, padding=1)
-        cin = _ch(64, width)
-        for stage, blocks, spec, stride, dilation, dropout in _STAGES:
-            channels = tuple(_ch(c, width) for c in spec)
-            units: OrderedDict[str, nn.Module] = OrderedDict()
-            for index in range(blocks):
-                units[f"block{index + 1}"] = IdentityResidualBlock(
-                    cin, channels, stride if index == 0 else 1, dilation, dropout
-                )
-                cin = channels[-1]
-            setattr(self, stage, nn.Sequential(units))
+        cin = add_backbone(self, width)
         c64, c32, c16, c8 = (_ch(c, width) for c in (64, 32, 16, 8))
         self.dsn1 = nn.Conv2d(c64, 1, 1)  # unused in forward; kept because the checkpoint stores it
         self.dsn3 = nn.Conv2d(_ch(256, width), 1, 1)

@@ -1,0 +1,146 @@
+"""An experiment on S3, against a real S3 API (a moto server on 127.0.0.1): search, SIGKILL, resume, analysis, retrain.
+
+The URI carries the endpoint (`?endpoint_override=127.0.0.1:PORT&scheme=http`) as pyarrow reads it; the fake
+credentials come from the environment, as a user's would.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from data.synthetic import generate
+from trainable import models
+
+boto3 = pytest.importorskip("boto3")
+moto_server = pytest.importorskip("moto.server")
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 300
+BUCKET = "plugkd"
+NUM_SAMPLES = 4
+TRIAL_ENDS = ("completed", "stopped_early", "infeasible")
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+               "AWS_EC2_METADATA_DISABLED": "true"}  # no instance-metadata probe: nothing outside 127.0.0.1
+
+
+@pytest.fixture(scope="module")
+def s3() -> dict:
+    """A moto S3 server on a free port of 127.0.0.1, with one bucket."""
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {**os.environ, **CREDENTIALS}
+    client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    client.create_bucket(Bucket=BUCKET)
+    yield {"client": client, "query": f"endpoint_override={host}:{port}&scheme=http", "env": env}
+    server.stop()
+
+
+def objects(client, prefix: str) -> dict[str, bytes]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
+    return {key: client.get_object(Bucket=BUCKET, Key=key)["Body"].read() for key in keys}
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, s3) -> dict:
+    """A search stored in the bucket, SIGKILLed (its whole process group) after two trials ended, then resumed."""
+    tmp = tmp_path_factory.mktemp("s3")
+    generate(tmp / "data", train=4, val=4, size=(32, 64), seed=1, extra=8)
+    torch.manual_seed(0)
+    torch.save(models.build("deepwv3plus", width=0.0625).state_dict(), tmp / "teacher.pt")
+    space = tmp / "s3.yaml"
+    space.write_text(yaml.safe_dump({
+        "teacher": {"arch": "deepwv3plus", "num_classes": 19, "width": 0.0625, "checkpoint": str(tmp / "teacher.pt")},
+        "data": {"dataset": "cityscapes", "root": str(tmp / "data"), "unlabeled": ["leftImg8bit/train_extra"],
+                 "val": "val", "crop": [32, 64], "scale": [1.0, 1.0], "batch_size": 4, "eval": "whole"},
+        "policy": {"budget": {"max_param_ratio": 0.75},
+                   "groups": [{"layers": ["mod7.*.convs.conv2", "aspp.features.[123].0"], "ops": ["keep", "dws"]},
+                              {"layers": ["mod5.*.convs.conv[12]"], "ops": ["keep", "dws", "group2"]}]},
+        "distill": {"epochs": 2, "steps_per_epoch": 2, "w_hint": {"loguniform": [0.1, 10], "default": 1}},
+        "search": {"num_samples": NUM_SAMPLES, "searcher": "tpe", "scheduler": "none", "resources": {"cpu": 1, "gpu": 0},
+                   "max_concurrent": 2, "seed": 0, "retrain_epochs": 1},
+    }))
+    storage = f"s3://{BUCKET}/runs?{s3['query']}"
+    uri = f"s3://{BUCKET}/runs/n?{s3['query']}"
+    run = [sys.executable, str(ROOT / "search" / "run.py")]
+    driver = subprocess.Popen([*run, "--space", str(space), "--storage", storage, "--name", "n"], cwd=ROOT, env=s3["env"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    ended: set[str] = set()
+    log = []
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        for line in driver.stdout:
+            log.append(line)
+            fields = line.split()
+            if len(fields) >= 6 and fields[5] in TRIAL_ENDS:
+                ended.add(fields[0])
+            if len(ended) >= 2 or time.monotonic() > deadline:
+                break
+        time.sleep(4)  # two of Ray's experiment snapshots (TUNE_GLOBAL_CHECKPOINT_S=2) reach the bucket
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    assert len(ended) >= 2, "".join(log)
+    before = objects(s3["client"], "runs/n/")
+    resumed = subprocess.run([*run, "--resume", uri], cwd=ROOT, env=s3["env"], capture_output=True, text=True,
+                             timeout=TIMEOUT)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    return {"tmp": tmp, "uri": uri, "ended": ended, "before": before, "resumed": resumed, "first": "".join(log)}
+
+
+def test_search_killed_and_resumed_on_s3_writes_trials_parquet_into_the_bucket(searched, s3):
+    assert "resuming s3://plugkd/runs/n" in searched["resumed"].stdout
+    stored = objects(s3["client"], "runs/n/")
+    table = pd.read_parquet(io.BytesIO(stored["runs/n/trials.parquet"]))
+    assert len(table) == NUM_SAMPLES and table["trial_id"].is_unique
+    assert (table["status"] == "completed").all() and table["miou"].between(0, 1).all()
+    assert all(path.startswith(f"{BUCKET}/runs/n/trial_") for path in table["checkpoint"])  # checkpoints in the bucket
+    assert {"runs/n/space.yaml", "runs/n/run.json", "runs/n/teacher.json"} <= set(stored)
+    assert not any(key.endswith("optuna.db") for key in stored)  # the study lives in Ray's searcher state on S3
+    assert not (ROOT / BUCKET).exists()  # nothing went to a local folder named like the bucket
+
+
+def test_trials_finished_before_the_kill_are_not_run_again(searched, s3):
+    stored = objects(s3["client"], "runs/n/")
+    for trial_id in searched["ended"]:
+        key = f"runs/n/trial_{trial_id}/result.json"
+        assert stored[key] == searched["before"][key], f"trial {trial_id} ran again after resume"
+
+
+def test_analysis_of_an_s3_experiment_writes_its_outputs_into_the_bucket(searched, s3):
+    done = subprocess.run([sys.executable, "-m", "analysis", searched["uri"]], cwd=ROOT, env=s3["env"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"into {searched['uri']}" in done.stdout
+    stored = objects(s3["client"], "runs/n/")
+    for name in ("pareto.csv", "pareto.png", "curves.png", "layers.png", "report.md"):
+        assert stored[f"runs/n/{name}"], name
+    front = pd.read_csv(io.BytesIO(stored["runs/n/pareto.csv"]))
+    assert 1 <= len(front) <= NUM_SAMPLES
+
+
+def test_retrain_reads_the_best_trials_checkpoint_from_the_bucket(searched, s3):
+    out = searched["tmp"] / "checkpoints"
+    done = subprocess.run([sys.executable, str(ROOT / "search" / "retrain.py"), searched["uri"], "--out", str(out),
+                           "--no-onnx"], cwd=ROOT, env=s3["env"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    table = pd.read_parquet(io.BytesIO(objects(s3["client"], "runs/n/trials.parquet")["runs/n/trials.parquet"]))
+    best = table.sort_values("miou", ascending=False).iloc[0]
+    assert f"retraining trial {best['trial_id']} of s3://{BUCKET}/runs/n " in done.stdout
+    assert f"from its checkpoint {best['checkpoint']} for 1 epochs" in done.stdout
+    report = json.loads((out / "n" / "eval.json").read_text())
+    assert report["epochs"] == 1 and 0 <= report["miou"] <= 1
+    assert (out / "n" / "student.pt").is_file()
