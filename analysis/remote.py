@@ -34,12 +34,12 @@ def _open(uri: str) -> tuple[pafs.FileSystem, str, str]:
     return fs, path.rstrip("/"), uri.partition("?")[0].rstrip("/")
 
 
-def _download(fs: pafs.FileSystem, root: str, folder: Path) -> dict[str, float]:
+def _download(fs: pafs.FileSystem, root: str, base: str, folder: Path) -> dict[str, int]:
     """Copy the files the analysis reads; their modification times in the copy, by relative name."""
     try:
         infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-    except (OSError, FileNotFoundError) as err:
-        raise InputError(f"{root}: cannot list the experiment ({err})") from None
+    except OSError as err:  # FileNotFoundError for a prefix that holds nothing
+        raise InputError(f"{base}: cannot list the experiment ({err})") from None
     copied = {}
     for info in infos:
         name = info.path[len(root) + 1:]
@@ -53,7 +53,7 @@ def _download(fs: pafs.FileSystem, root: str, folder: Path) -> dict[str, float]:
     return copied
 
 
-def _upload(fs: pafs.FileSystem, root: str, folder: Path, copied: dict[str, float]) -> None:
+def _upload(fs: pafs.FileSystem, root: str, folder: Path, copied: dict[str, int]) -> None:
     """Upload the files written or changed in the copy since it was made (one whole object each)."""
     for file in sorted(p for p in folder.rglob("*") if p.is_file()):
         name = file.relative_to(folder).as_posix()
@@ -78,7 +78,7 @@ def staged(location: str) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="plugkd-analysis-") as temporary:
         folder = Path(temporary) / name
         folder.mkdir()
-        copied = _download(fs, root, folder)
+        copied = _download(fs, root, base, folder)
         if not copied:
             raise InputError(f"{base}: no experiment there (no trials.parquet, teacher.json or result.json)")
         try:

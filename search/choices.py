@@ -2,6 +2,7 @@
 and each policy's parameter count (and, with a latency table, its predicted latency) without building it."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -85,18 +86,30 @@ class PolicyChoices:
         drop = proposals.per_choice(keyed, layers, self.layer_drop) if self.layer_drop else {k: 0.0 for k in cost}
         return keyed, cost, drop
 
+    def _latency_limits(self) -> list[proposals.Limit]:
+        """The latency budget as a solver limit: each (choice, op)'s change of the predicted latency, its maximum."""
+        if self.max_latency_ms is None or self.latency_ms({}) is None:
+            return []
+        delta = {(layer, op): ms - ops["keep"] for layer, ops in self.layer_latency.items() for op, ms in ops.items()}
+        table = proposals.per_choice([(c.key, c.ops) for c in self.choices], {c.key: c.layers for c in self.choices},
+                                     delta)
+        return [(table, self.max_latency_ms - self.teacher_latency_ms)]
+
     def repair(self, picks: Mapping[str, str]) -> dict[str, str]:
-        """The feasible picks nearest to `picks`: fewest changed choices, then the least predicted drop."""
-        if self.max_params is None:
+        """The picks nearest to `picks` within the parameter and latency budgets: fewest changed choices, then the
+        least predicted drop. ValueError when no policy meets both."""
+        limits = self._latency_limits()
+        if self.max_params is None and not limits:
             return dict(picks)
         keyed, cost, drop = self._tables()
-        return proposals.repair(picks, keyed, cost, drop, self.max_params - self.teacher_params)
+        max_cost = math.inf if self.max_params is None else self.max_params - self.teacher_params
+        return proposals.repair(picks, keyed, cost, drop, max_cost, limits)
 
     def proposals(self, count: int) -> list[dict[str, str]]:
         """The least-predicted-drop picks at `count` budgets spread over the feasible range (needs a library)."""
         keyed, cost, drop = self._tables()
         limit = self.max_params if self.max_params is not None else self.teacher_params
-        return proposals.propose(keyed, cost, drop, limit - self.teacher_params, count)
+        return proposals.propose(keyed, cost, drop, limit - self.teacher_params, count, self._latency_limits())
 
 
 def resolve_choices(space: Space, teacher: nn.Module | None = None) -> PolicyChoices:

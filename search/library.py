@@ -32,6 +32,7 @@ class Library:
 
     cache: PlugCache
     table: pd.DataFrame
+    seconds: float  # what this build took (training and scoring what the cache lacked)
 
     @property
     def table_path(self) -> Path:
@@ -71,8 +72,9 @@ def build_library(space: Space, teacher: torch.nn.Module, choices: PolicyChoices
         return task.evaluate(model, val, space.data, classes, device)[score]
 
     table = plugs_table(teacher, wanted, lambda: (images for images, _ in val), score_fn, device, cache)
-    print(f"plug library: {len(table)} plugs in {cache.folder} ({time.monotonic() - started:.0f}s)", flush=True)
-    return Library(cache, table)
+    seconds = time.monotonic() - started
+    print(f"plug library: {len(table)} plugs in {cache.folder} ({seconds:.0f}s)", flush=True)
+    return Library(cache, table, seconds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

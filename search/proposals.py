@@ -5,7 +5,9 @@ the sum of its choices' costs (params delta vs keep, keep = 0); a choice that se
 costs and drops the sums over its layers (`per_choice`). `propose` solves the multiple-choice
 knapsack (one op per choice, total cost <= budget, least predicted drop) exactly with
 `scipy.optimize.milp` at K budgets; `repair` moves an over-budget policy to the nearest feasible
-one. Costs are integers (parameter counts).
+one. Costs are integers (parameter counts). Both also honour `limits`: further per-(choice, op)
+tables (keep = 0) whose sums must stay under their own maxima (the latency budget: each plug's
+change of the predicted latency).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 Choices = Sequence[tuple[str, Sequence[str]]]
 Picks = dict[str, str]
+Limit = tuple[Mapping[tuple[str, str], float], float]  # a per-(choice, op) table and the most its sum may be
 
 
 def per_choice(
@@ -44,12 +47,17 @@ def predict(
 
 
 class _Model:
-    """The knapsack's variables: one binary per (choice, op), one equality row per choice, one cost row."""
+    """The knapsack: one binary per (choice, op), one equality row per choice, a cost row and a row per limit."""
 
-    def __init__(self, choices: Choices, cost: Mapping[tuple[str, str], int], drop: Mapping[tuple[str, str], float]):
+    def __init__(self, choices: Choices, cost: Mapping[tuple[str, str], int], drop: Mapping[tuple[str, str], float],
+                 limits: Sequence[Limit] = ()):
         self.variables = [(key, op) for key, ops in choices for op in dict.fromkeys(ops)]
         self.cost = np.array([_value(cost, key, op) for key, op in self.variables], dtype=float)
         self.drop = np.array([_value(drop, key, op) for key, op in self.variables], dtype=float)
+        self.limits = [
+            LinearConstraint(np.array([[_value(table, key, op) for key, op in self.variables]]), -np.inf, most)
+            for table, most in limits
+        ]
         keys = list(dict.fromkeys(key for key, _ in choices))
         self.one_each = np.zeros((len(keys), len(self.variables)))
         for j, (key, _) in enumerate(self.variables):
@@ -63,7 +71,8 @@ class _Model:
             objective,
             integrality=np.ones(n),
             bounds=Bounds(0, 1),
-            constraints=[LinearConstraint(self.one_each, 1, 1), LinearConstraint(self.cost[None, :], -np.inf, budget)],
+            constraints=[LinearConstraint(self.one_each, 1, 1), LinearConstraint(self.cost[None, :], -np.inf, budget),
+                         *self.limits],
             options={"mip_rel_gap": 0},
         )
         if result.x is None:
@@ -72,17 +81,19 @@ class _Model:
 
 
 def propose(
-    choices: Choices, cost: Mapping[tuple[str, str], int], drop: Mapping[tuple[str, str], float], max_cost: int, k: int
+    choices: Choices, cost: Mapping[tuple[str, str], int], drop: Mapping[tuple[str, str], float], max_cost: int, k: int,
+    limits: Sequence[Limit] = (),
 ) -> list[Picks]:
     """The least-drop policy at each of `k` budgets spread evenly over [cheapest policy's cost, max_cost], deduplicated.
 
-    Budgets go from the cheapest up (k = 1: max_cost alone); ValueError when no policy fits max_cost.
+    Budgets go from the cheapest (within `limits`) up (k = 1: max_cost alone); ValueError when no policy fits.
     """
-    model = _Model(choices, cost, drop)
+    model = _Model(choices, cost, drop, limits)
     if model.cheapest > max_cost:
         raise ValueError(f"no policy costs <= {max_cost}: the cheapest costs {model.cheapest}")
+    cheapest = predict(model.solve(model.cost, max_cost), cost, drop)[0] if limits else model.cheapest
     proposals: list[Picks] = []
-    for budget in np.linspace(max_cost, model.cheapest, k)[::-1]:
+    for budget in np.linspace(max_cost, cheapest, k)[::-1]:
         picks = model.solve(model.drop, np.floor(budget))
         if picks not in proposals:
             proposals.append(picks)
@@ -91,11 +102,16 @@ def propose(
 
 def repair(
     picks: Mapping[str, str], choices: Choices, cost: Mapping[tuple[str, str], int],
-    drop: Mapping[tuple[str, str], float], max_cost: int,
+    drop: Mapping[tuple[str, str], float], max_cost: float, limits: Sequence[Limit] = (),
 ) -> Picks:
-    """The feasible policy nearest `picks`: fewest changed choices, then least predicted drop; picks itself if it fits."""
-    model = _Model(choices, cost, drop)
-    if predict(picks, cost, drop)[0] <= max_cost:
+    """The feasible policy nearest `picks`: fewest changed choices, then least predicted drop; picks itself if it fits.
+
+    Feasible: cost <= max_cost and within every limit; ValueError when no policy is.
+    """
+    model = _Model(choices, cost, drop, limits)
+    if predict(picks, cost, drop)[0] <= max_cost and all(
+        sum(_value(table, key, op) for key, op in picks.items()) <= most for table, most in limits
+    ):
         return dict(picks)
     changed = np.array([0.0 if picks[key] == op else 1.0 for key, op in model.variables])
     # A change must outweigh any difference in drop: more than the whole range of total drops.

@@ -42,6 +42,13 @@ def _reason(trial, last: dict) -> str | None:
     return None
 
 
+def retries(trial) -> int:
+    """How many times Ray restarted the trial after its worker died: its failures, less the last one of a trial
+    that ended in ERROR (max_failures used up)."""
+    failures = int(trial.num_failures)
+    return failures - 1 if trial.status == "ERROR" and failures > 0 else failures
+
+
 def trials_table(analysis: ExperimentAnalysis, metrics: Sequence[str]) -> pd.DataFrame:
     """Finished trials of an experiment, in trial order, with the columns documented in README."""
     rows = []
@@ -55,7 +62,7 @@ def trials_table(analysis: ExperimentAnalysis, metrics: Sequence[str]) -> pd.Dat
             "trial_id": trial.trial_id,
             "status": status,
             "reason": _reason(trial, last),
-            "retries": int(getattr(trial, "num_failures", 0) or 0),
+            "retries": retries(trial),
             "proposal": last.get("proposal"),
             "policy": last.get("policy", json.dumps({})),
             **_hp_columns(trial.config),

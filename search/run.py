@@ -149,12 +149,23 @@ def _latencies(space: Space, state: dict[str, np.ndarray], layer_ops: dict[str, 
     return {"device": describe_device(device), "teacher_ms": measured.median_ms, "spread": measured.spread, "table": table}
 
 
+def timed_ops(choices: PolicyChoices) -> dict[str, list[str]]:
+    """Every op (but keep) each layer of the search can take: what the latency table times."""
+    return {layer: [op for op in c.ops if op != "keep"] for c in choices.choices for layer in c.layers}
+
+
+def latency_file(space: Space, choices: PolicyChoices) -> str:
+    """The latency table's cache name: a hash of the teacher, input size, latency settings, timed ops and device kind."""
+    key = hashlib.sha256(json.dumps([space.teacher.arch, repr(space.teacher.args), list(space.input_size),
+                                     asdict(space.latency), timed_ops(choices), space.search.gpu > 0],
+                                    sort_keys=True).encode())
+    return f"latency-{key.hexdigest()[:16]}.json"
+
+
 def with_latency(space: Space, choices: PolicyChoices, state_ref: ray.ObjectRef, folder: Location) -> PolicyChoices:
     """Choices that know each policy's predicted latency (and the latency budget), timed once and cached in `folder`."""
-    layer_ops = {layer: [op for op in c.ops if op != "keep"] for c in choices.choices for layer in c.layers}
-    key = hashlib.sha256(json.dumps([space.teacher.arch, repr(space.teacher.args), list(space.input_size),
-                                     asdict(space.latency), layer_ops, space.search.gpu > 0], sort_keys=True).encode())
-    name = f"latency-{key.hexdigest()[:16]}.json"
+    layer_ops = timed_ops(choices)
+    name = latency_file(space, choices)
     if folder.exists(name):
         timed = json.loads(folder.read_text(name))
     else:
@@ -196,7 +207,7 @@ def new_tuner(space: Space, choices: PolicyChoices, experiment: Location, num_sa
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(space, choices, storage=optuna_storage(experiment)),
+            search_alg=make_searcher(space, choices, num_samples, storage=optuna_storage(experiment)),
             scheduler=make_scheduler(space),
             num_samples=num_samples,
             max_concurrent_trials=space.search.max_concurrent,
@@ -280,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if library is not None:
             choices = replace(choices, layer_drop=library.drops())
             record["library"] = str(library.table_path)
+            record["library_s"] = record.get("library_s", 0.0) + library.seconds
         if args.resume is None:
             experiment.write_bytes(SPACE_COPY, space.path.read_bytes())
             experiment.write_text(RUN_FILE, json.dumps(record, indent=2))

@@ -18,14 +18,23 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Sampler:
-    build: Callable[[int], optuna.samplers.BaseSampler]
+    build: Callable[[int, int], optuna.samplers.BaseSampler]  # (seed, num_samples) -> sampler
     multi_objective: bool = False
 
 
+def _startup(num_samples: int, most: int) -> int:
+    """Random start-up trials (or NSGA-II's population): a quarter of the search, 4 to `most`.
+
+    Optuna's own defaults (10 for TPE, 50 for NSGA-II) would make a search of a few dozen trials random.
+    """
+    return max(4, min(most, num_samples // 4))
+
+
 SAMPLERS: dict[str, Sampler] = {
-    "tpe": Sampler(lambda seed: optuna.samplers.TPESampler(seed=seed)),
-    "random": Sampler(lambda seed: optuna.samplers.RandomSampler(seed=seed)),
-    "nsga2": Sampler(lambda seed: optuna.samplers.NSGAIISampler(seed=seed), multi_objective=True),
+    "tpe": Sampler(lambda seed, n: optuna.samplers.TPESampler(seed=seed, n_startup_trials=_startup(n, 10))),
+    "random": Sampler(lambda seed, n: optuna.samplers.RandomSampler(seed=seed)),
+    "nsga2": Sampler(lambda seed, n: optuna.samplers.NSGAIISampler(seed=seed, population_size=_startup(n, 50)),
+                     multi_objective=True),
 }
 SEARCHERS = tuple(SAMPLERS)
 # How each cost objective is optimised; the task's metrics are maximised.
@@ -123,7 +132,8 @@ def first_points(space: Space, choices: PolicyChoices) -> list[dict]:
             for picks in choices.proposals(space.search.proposals)]
 
 
-def make_searcher(space: Space, choices: PolicyChoices, storage: optuna.storages.BaseStorage | None = None) -> OptunaSearch:
+def make_searcher(space: Space, choices: PolicyChoices, num_samples: int,
+                  storage: optuna.storages.BaseStorage | None = None) -> OptunaSearch:
     """The searcher; `storage` keeps its study (the experiment's SQLite file). The library's proposals go first."""
     metric, mode = objectives(space)
     points = first_points(space, choices)
@@ -131,7 +141,7 @@ def make_searcher(space: Space, choices: PolicyChoices, storage: optuna.storages
         space=DefineByRun(choices, space.searched),
         metric=metric if len(metric) > 1 else metric[0],
         mode=mode if len(mode) > 1 else mode[0],
-        sampler=SAMPLERS[space.search.searcher].build(space.search.seed),
+        sampler=SAMPLERS[space.search.searcher].build(space.search.seed, num_samples),
         storage=storage,
         study_name="plugkd",
         first=points,

@@ -11,6 +11,7 @@ either completes or leaves the previous object.
 from __future__ import annotations
 
 import io
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,8 +50,8 @@ class Location:
 
     @property
     def text(self) -> str:
-        """The location as a person passes it to a command (with its query)."""
-        return f"{self.base}?{self.query}" if self.query else self.base
+        """The location as a person types it in a shell: with its query, quoted where it must be (a query's `&`)."""
+        return shlex.quote(f"{self.base}?{self.query}" if self.query else self.base)
 
     @property
     def local(self) -> Path | None:

@@ -1,6 +1,7 @@
 """Train (supervised) or evaluate a space's teacher: `python search/teacher.py --space FILE [--evaluate]`.
 
-Training needs a zoo arch and a labeled `train` split of any dataset kind; `--evaluate` prints the
+Training builds the space's teacher (a zoo arch or module:callable) and trains it on the labeled `train`
+split of any dataset kind; `--evaluate` prints the
 teacher's val metrics as JSON (classification: top1, top5, images; segmentation: miou, per-class IoU).
 """
 from __future__ import annotations

@@ -120,6 +120,8 @@ def resume_state(checkpoint: tune.Checkpoint | None) -> tuple[dict | None, str |
 
 def distill_trial(config: dict, setup: TrialSetup, teacher_state: dict[str, np.ndarray]) -> None:
     """Ray Tune function trainable: infeasible policies are reported at once and never trained."""
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))  # the CPUs Ray granted, not all the machine's
     policy, settings = trial_settings(config, setup)
     params = setup.choices.params(policy)
     base = {

@@ -102,7 +102,7 @@ def searched(tmp_path_factory, s3) -> dict:
 
 
 def test_search_killed_and_resumed_on_s3_writes_trials_parquet_into_the_bucket(searched, s3):
-    assert "resuming s3://plugkd/runs/n" in searched["resumed"].stdout
+    assert f"resuming '{searched['uri']}'" in searched["resumed"].stdout  # quoted: the query's & is a shell word
     stored = objects(s3["client"], "runs/n/")
     table = pd.read_parquet(io.BytesIO(stored["runs/n/trials.parquet"]))
     assert len(table) == NUM_SAMPLES and table["trial_id"].is_unique
@@ -144,3 +144,10 @@ def test_retrain_reads_the_best_trials_checkpoint_from_the_bucket(searched, s3):
     report = json.loads((out / "n" / "eval.json").read_text())
     assert report["epochs"] == 1 and 0 <= report["miou"] <= 1
     assert (out / "n" / "student.pt").is_file()
+
+
+def test_analysis_of_a_prefix_holding_no_experiment_is_one_line_naming_the_uri(s3):
+    done = subprocess.run([sys.executable, "-m", "analysis", f"s3://{BUCKET}/nothing?{s3['query']}"], cwd=ROOT,
+                          env=s3["env"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: s3://{BUCKET}/nothing: ") and done.stderr.count("\n") == 1

@@ -1,4 +1,7 @@
 """The installed environment: torchvision imports beside torch and its compiled ops run."""
+import importlib
+
+import pytest
 import torch
 import torchvision
 
@@ -9,3 +12,12 @@ def test_torchvision_ops_nms_runs():
     keep = torchvision.ops.nms(boxes, scores, iou_threshold=0.5)
     assert keep.tolist() == [0, 2]
     assert torchvision.__version__.split("+")[0] == "0.28.0"
+
+
+@pytest.mark.parametrize("module", [
+    "ray.tune", "optuna", "pandas", "pyarrow.fs", "tensorboard", "yaml", "matplotlib", "PIL", "cityscapesscripts",
+    "safetensors.torch", "scipy.optimize", "onnx", "onnxscript", "onnxruntime", "cv2", "tqdm", "moto.server", "boto3",
+])
+def test_dependency_imports(module):
+    """Every dependency pyproject.toml names imports in the installed environment."""
+    assert importlib.import_module(module) is not None
