@@ -175,8 +175,16 @@ def with_latency(space: Space, choices: PolicyChoices, state_ref: ray.ObjectRef,
         folder.write_text(name, json.dumps(timed, indent=2))
     ratio = space.policy.max_latency_ratio
     print(f"teacher latency {timed['teacher_ms']:.2f} ms on {timed['device']} (batch {space.latency.batch})", flush=True)
-    return replace(choices, layer_latency=timed["table"], teacher_latency_ms=timed["teacher_ms"],
-                   max_latency_ms=None if ratio is None else ratio * timed["teacher_ms"])
+    timed_choices = replace(choices, layer_latency=timed["table"], teacher_latency_ms=timed["teacher_ms"],
+                            max_latency_ms=None if ratio is None else ratio * timed["teacher_ms"])
+    try:
+        timed_choices.repair({c.key: c.ops[0] for c in choices.choices})
+    except ValueError:
+        raise InputError(
+            f"{space.path}: policy.budget.max_latency_ratio: expected a ratio that some policy within the parameter "
+            f"budget meets (latencies predicted from {folder.base}/{name}), got {ratio:g}"
+        ) from None
+    return timed_choices
 
 
 def trial_dirname(trial) -> str:

@@ -128,6 +128,10 @@ def distill_trial(config: dict, setup: TrialSetup, teacher_state: dict[str, np.n
         "params": params,
         "param_ratio": params / setup.choices.teacher_params,
         "latency_pred_ms": setup.choices.latency_ms(policy),
+        # Every cost objective's key from the first report on: Ray refuses a report lacking one (a trial that
+        # fails before its first epoch would otherwise end the whole multi-objective search).
+        "flops": None,
+        "latency_ms": None,
         "epochs_total": settings.epochs,
         **{f"teacher_{k}": v for k, v in setup.teacher_metrics.items()},
         "policy": json.dumps(policy),

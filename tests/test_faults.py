@@ -410,6 +410,22 @@ def _retrain_json(folder: Path, version: int) -> Path:
     return folder / "eval.json"
 
 
+def _prediction_png(folder: Path, version: int) -> Path:
+    import numpy as np
+
+    from trainable.predict import write_png
+
+    write_png(np.random.default_rng(version).integers(0, 34, (64, 64), dtype=np.uint8), folder / "x_labelIds.png")
+    return folder / "x_labelIds.png"
+
+
+def _predictions_csv(folder: Path, version: int) -> Path:
+    from trainable.predict import write_csv
+
+    write_csv([(f"img{i}.png", "cat", 0.5) for i in range(version * 20)], folder / "predictions.csv")
+    return folder / "predictions.csv"
+
+
 def _analysis_output(name: str) -> Callable[[Path, int], Path]:
     def write(folder: Path, version: int) -> Path:
         from analysis.__main__ import main
@@ -431,6 +447,8 @@ WRITERS: dict[str, Callable[[Path, int], Path]] = {
     "student.pt": _student,
     "plug library safetensors": _plug,
     "retrain eval.json": _retrain_json,
+    "predict labelIds png": _prediction_png,
+    "predict predictions.csv": _predictions_csv,
     **{f"analysis {name}": _analysis_output(name)
        for name in ("pareto.csv", "pareto.png", "curves.png", "layers.png", "report.md")},
 }

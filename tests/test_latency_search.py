@@ -14,26 +14,29 @@ import pytest
 import torch
 import yaml
 
+from data.errors import InputError
 from data.synthetic import generate
 from search.choices import PolicyChoices, resolve_choices
 from search.experiment import OPTUNA_FILE
-from search.run import latency_file
+from search.run import latency_file, with_latency
 from search.searcher import DefineByRun
 from search.space import load_space
+from search.storage import Location
 from test_search import tiny_space
 from trainable import models
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 300
-TEACHER_MS, MAX_PARAM_RATIO, MAX_LATENCY_RATIO = 10.0, 0.75, 1.23
+TEACHER_MS, MAX_PARAM_RATIO, MAX_LATENCY_RATIO = 10.0, 0.95, 1.23
 # A made-up latency table (ms of each conv and plug alone), cached where run.py looks for it: dws is
-# faster than the conv on mod7, slower on ASPP (as depthwise kernels can be), mixed on mod5.
+# faster than the conv on mod7, slower on ASPP (as depthwise kernels can be), mixed on mod5. Of the 48
+# policies, 47 are within the parameter budget and 24 of those over the latency one.
 TABLE = {
     "mod7.block1.convs.conv2": {"keep": 1.0, "dws": 0.5},
     **{f"aspp.features.{i}.0": {"keep": 1.0, "dws": 2.5} for i in (1, 2, 3)},
     **{f"mod5.block{b}.convs.conv{j}": {"keep": 1.0, "dws": 1.2, "group2": 0.9} for b in (1, 2, 3) for j in (1, 2)},
 }
-# Within the parameter budget (0.716 of the teacher) and over the latency one (14.0 ms > 12.3 ms).
+# Within the parameter budget (0.71 of the teacher) and over the latency one (14.0 ms > 12.3 ms).
 FAST_ONLY_IN_PARAMS = {"mod7.block1.convs.conv2": "dws", "aspp.features.1.0": "dws", "aspp.features.2.0": "dws",
                        "aspp.features.3.0": "dws", "group1": "keep"}
 
@@ -84,6 +87,23 @@ def test_latency_budget_rejects_a_policy_and_the_searcher_repairs_it_before_trai
     assert repaired["mod7.block1.convs.conv2"] == "dws"  # the nearest fix turns ASPP plugs back, not the fast one
     for picks in choices.proposals(3):  # the solver's proposals respect the latency budget too
         assert choices.feasible_picks(picks), picks
+
+
+def test_a_latency_budget_no_policy_meets_is_refused_in_one_line(workspace, tmp_path):
+    raw = yaml.safe_load(workspace["path"].read_text())
+    raw["policy"]["budget"]["max_latency_ratio"] = 0.85  # the fastest policy is predicted at 8.9 ms
+    path = tmp_path / "tight.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    space, folder = load_space(path), Location.parse(tmp_path)
+    choices = resolve_choices(space)
+    table = {"device": "made up", "teacher_ms": TEACHER_MS, "spread": 0.0, "table": TABLE}
+    folder.write_text(latency_file(space, choices), json.dumps(table))
+    with pytest.raises(InputError, match=r"tight.yaml: policy.budget.max_latency_ratio: expected a ratio that some "
+                                         r"policy .* meets .*, got 0.85$"):
+        with_latency(space, choices, None, folder)
+    raw["policy"]["budget"]["max_latency_ratio"] = 0.9
+    path.write_text(yaml.safe_dump(raw))
+    assert with_latency(load_space(path), choices, None, folder).max_latency_ms == pytest.approx(0.9 * TEACHER_MS)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ import argparse
 import csv
 import io
 import math
-import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -31,6 +30,7 @@ from PIL import Image
 from torch import nn
 
 from data.errors import InputError, run_cli
+from data.files import atomic_output, write_text_atomic
 from data.folder import find_images, open_rgb, require_dir, suffix_list
 from data.labels import NUM_CLASSES, train_to_label_lut
 from data.settings import IMAGENET_MEAN, IMAGENET_STD, EvalSettings
@@ -102,21 +102,10 @@ def output_paths(images: Path, out: Path) -> list[tuple[Path, Path]]:
     return [(source, target) for target, source in pairs.items()]
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """`write(temp path)` in the target folder, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_png(label_ids: np.ndarray, path: Path) -> None:
     """Save a uint8 (H, W) array as a one-channel PNG, atomically."""
-    _write_atomic(path, lambda tmp: Image.fromarray(label_ids).save(tmp, format="PNG"))
+    with atomic_output(path) as handle:
+        Image.fromarray(label_ids).save(handle, format="PNG")
 
 
 def _autocast(device: torch.device):
@@ -194,7 +183,7 @@ def write_csv(rows: Sequence[tuple[str, str, float]], path: Path) -> None:
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(CSV_HEADER)
     writer.writerows((rel, name, f"{score:.6f}") for rel, name, score in rows)
-    _write_atomic(path, lambda tmp: tmp.write_text(text.getvalue(), encoding="utf-8"))
+    write_text_atomic(path, text.getvalue())
 
 
 def _parser() -> argparse.ArgumentParser:
