@@ -33,7 +33,8 @@ class TrainedTeacher:
 
 @pytest.fixture(scope="session", autouse=True)
 def _threads():
-    torch.set_num_threads(2)
+    # Two xdist workers share the 2 cores: one thread each; alone, the test process takes both.
+    torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @pytest.fixture(scope="session")
