@@ -37,7 +37,8 @@ def _reason(trial, last: dict) -> str | None:
     if last.get("error_reason"):
         return last["error_reason"]
     if trial.status == "ERROR":
-        message = (trial.error_message or "worker failed").strip().splitlines()
+        error = trial.get_error()  # the exception Ray recorded, when it could read it back
+        message = str(error).strip().splitlines() if error is not None else []
         return message[-1] if message else "worker failed"
     return None
 

@@ -280,6 +280,7 @@ def test_save_then_load_in_a_fresh_process(teacher: nn.Module, tmp_path: Path) -
         f"""
         import torch
         from trainable.surgery import load_student
+        torch.set_num_threads({torch.get_num_threads()})  # the same float sums as the parent's forward
         model, meta = load_student({str(path)!r})
         assert not model.training and meta["policy"] == {POLICY!r}, meta
         assert meta["arch"] == "deepwv3plus" and meta["arch_args"] == {{"num_classes": 5, "width": 0.125}}

@@ -16,7 +16,7 @@ def test_torchvision_ops_nms_runs():
 
 @pytest.mark.parametrize("module", [
     "ray.tune", "optuna", "pandas", "pyarrow.fs", "tensorboard", "yaml", "matplotlib", "PIL", "cityscapesscripts",
-    "safetensors.torch", "scipy.optimize", "onnx", "onnxscript", "onnxruntime", "cv2", "tqdm", "moto.server", "boto3", "xdist",
+    "safetensors.torch", "scipy.optimize", "onnx", "onnxscript", "onnxruntime", "cv2", "tqdm", "moto.server", "boto3",
 ])
 def test_dependency_imports(module):
     """Every dependency pyproject.toml names imports in the installed environment."""
