@@ -104,15 +104,22 @@ def load_teacher(space: Space) -> torch.nn.Module:
     return load_weights(t.build(load=False), t.checkpoint, strip_prefix=t.strip_prefix).eval().requires_grad_(False)
 
 
-def teacher_summary(space: Space, experiment: Location, state_ref: ray.ObjectRef) -> dict:
-    """The teacher's params, FLOPs and val metrics, measured once per search (as a Ray task), kept in teacher.json."""
+def teacher_summary(space: Space, experiment: Location, teacher: torch.nn.Module, state_ref: ray.ObjectRef) -> dict:
+    """The teacher's params, FLOPs and val metrics, measured once per search, kept in teacher.json.
+
+    Trials on CPUs: the driver measures it with the teacher it holds (a Ray task would start a worker process
+    just to import torch); trials on GPUs: a Ray task on the device a trial gets.
+    """
     if experiment.exists(TEACHER_FILE):
         return json.loads(experiment.read_text(TEACHER_FILE))
     task = space.task
     print(f"measuring the teacher ({space.teacher.arch}) on the val split of {space.data.root} ...", flush=True)
-    measure = ray.remote(num_cpus=space.search.cpu, num_gpus=space.search.gpu)(_teacher_metrics)
+    if space.search.gpu == 0:
+        metrics = _teacher_metrics(space, teacher, torch.device("cpu"))
+    else:
+        measure = ray.remote(num_cpus=space.search.cpu, num_gpus=space.search.gpu)(_remote_teacher_metrics)
+        metrics = ray.get(measure.remote(space, state_ref))
     structure = space.teacher.structure()
-    metrics = ray.get(measure.remote(space, state_ref))
     summary = {
         "arch": space.teacher.arch,
         "arch_args": space.teacher.arch_args,
@@ -130,12 +137,15 @@ def teacher_summary(space: Space, experiment: Location, state_ref: ray.ObjectRef
     return summary
 
 
-def _teacher_metrics(space: Space, state: dict[str, np.ndarray]) -> dict[str, float]:
-    device = pick_device()
-    teacher = shared_teacher(space.teacher, state).to(device)
-    task = space.task
+def _teacher_metrics(space: Space, teacher: torch.nn.Module, device: torch.device) -> dict[str, float]:
+    teacher = teacher.to(device)
     classes = output_classes(teacher, space.input_size)
-    return task.evaluate(teacher, val_loader(space.data, task.eval_batch_size(space.data)), space.data, classes, device).values
+    loader = val_loader(space.data, space.task.eval_batch_size(space.data))
+    return space.task.evaluate(teacher, loader, space.data, classes, device).values
+
+
+def _remote_teacher_metrics(space: Space, state: dict[str, np.ndarray]) -> dict[str, float]:
+    return _teacher_metrics(space, shared_teacher(space.teacher, state), pick_device())
 
 
 def _latencies(space: Space, state: dict[str, np.ndarray], layer_ops: dict[str, list[str]]) -> dict:
@@ -304,8 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             experiment.write_bytes(SPACE_COPY, space.path.read_bytes())
             experiment.write_text(RUN_FILE, json.dumps(record, indent=2))
         state_ref = ray.put(teacher_arrays(teacher))
+        summary = teacher_summary(space, experiment, teacher, state_ref)
         del teacher
-        summary = teacher_summary(space, experiment, state_ref)
         if space.latency is not None:
             folder = Location.parse(library.cache.folder) if library is not None else experiment
             choices = with_latency(space, choices, state_ref, folder)

@@ -3,6 +3,7 @@ budget (an over-budget proposal is repaired to the nearest feasible one and reco
 ASHA stopped told as PRUNED, and trials that failed told as FAILED."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Mapping
 
@@ -30,10 +31,24 @@ def _startup(num_samples: int, most: int) -> int:
     return max(4, min(most, num_samples // 4))
 
 
+class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """NSGA-II that Ray can pickle: Optuna 5.1's genetic samplers hold a `threading.Lock`, which Ray Tune's
+    experiment snapshot (it pickles the searcher with its sampler) cannot serialise; the lock is made anew."""
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
+
+
 SAMPLERS: dict[str, Sampler] = {
     "tpe": Sampler(lambda seed, n: optuna.samplers.TPESampler(seed=seed, n_startup_trials=_startup(n, 10))),
     "random": Sampler(lambda seed, n: optuna.samplers.RandomSampler(seed=seed)),
-    "nsga2": Sampler(lambda seed, n: optuna.samplers.NSGAIISampler(seed=seed, population_size=_startup(n, 50)),
+    "nsga2": Sampler(lambda seed, n: PicklableNSGAIISampler(seed=seed, population_size=_startup(n, 50)),
                      multi_objective=True),
 }
 SEARCHERS = tuple(SAMPLERS)

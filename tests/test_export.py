@@ -1,4 +1,5 @@
-"""ONNX export: the command (in a subprocess) and the library functions, checked against onnxruntime."""
+"""ONNX export: the command (once in a subprocess, else its main in this process) and the library functions,
+checked against onnxruntime."""
 from __future__ import annotations
 
 import re
@@ -14,8 +15,9 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from cli import run_main
 from data.errors import InputError
-from trainable.export import ATOL, RTOL, ExportError, export_onnx, named_outputs, verify_onnx
+from trainable.export import ATOL, RTOL, ExportError, export_onnx, main, named_outputs, verify_onnx
 from trainable.latency import measure_latency
 from trainable.models import build
 from trainable.surgery import apply_policy, load_student, save_student
@@ -49,11 +51,10 @@ def _student(path: Path, arch: str, arch_args: dict, policy: dict[str, str]) -> 
     return path
 
 
-def _cli(*args: str | Path, code: str | None = None) -> subprocess.CompletedProcess:
-    """`python -m trainable.export ARGS`, or `python -c CODE ARGS` when `code` runs the command after a patch."""
-    head = ["-m", "trainable.export"] if code is None else ["-c", code]
-    return subprocess.run([sys.executable, *head, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+def _cli(*args: str | Path) -> subprocess.CompletedProcess:
+    """`python -m trainable.export ARGS`."""
+    return subprocess.run([sys.executable, "-m", "trainable.export", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -137,34 +138,36 @@ def test_verification_catches_a_perturbed_weight(seg_student, seg_onnx, tmp_path
     assert float(re.search(r"difference (\S+) ", str(err.value)).group(1)) > ATOL
 
 
-def test_cli_exit_1_names_output_and_difference(cls_student, tmp_path):
+def test_cli_exit_1_names_output_and_difference(cls_student, tmp_path, capsys):
     out = tmp_path / "cls.onnx"
-    result = _cli("--student", cls_student, "--out", out, "--input-size", 32, 32, "--atol", 0, "--rtol", 0)
-    assert result.returncode == 1, result.stdout + result.stderr
-    line = result.stderr.strip().splitlines()[-1]
+    code, stdout, stderr = run_main(main, ["--student", cls_student, "--out", out, "--input-size", 32, 32,
+                                           "--atol", 0, "--rtol", 0], capsys)
+    assert code == 1, stdout + stderr
+    line = stderr.strip().splitlines()[-1]
     match = re.search(r"output 'output' at input \[1, 3, 32, 32\]: largest absolute difference (\S+) ", line)
     assert match and float(match.group(1)) > 0, line
     assert list(tmp_path.iterdir()) == []  # --out not written, no temporary file left
 
 
-def test_cli_exit_2_for_a_missing_student(tmp_path):
-    result = _cli("--student", tmp_path / "nope.pt", "--out", tmp_path / "x.onnx", "--input-size", 32, 32)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope.pt'}: student file not found"]
+def test_cli_exit_2_for_a_missing_student(tmp_path, capsys):
+    code, _, err = run_main(main, ["--student", tmp_path / "nope.pt", "--out", tmp_path / "x.onnx",
+                                   "--input-size", 32, 32], capsys)
+    assert code == 2
+    assert err.strip().splitlines() == [f"error: {tmp_path / 'nope.pt'}: student file not found"]
 
 
-def test_cli_exit_2_without_an_input_size(seg_student, tmp_path):
-    result = _cli("--student", seg_student, "--out", tmp_path / "x.onnx")
-    assert result.returncode == 2
-    assert "pass --input-size H W" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+def test_cli_exit_2_without_an_input_size(seg_student, tmp_path, capsys):
+    code, _, err = run_main(main, ["--student", seg_student, "--out", tmp_path / "x.onnx"], capsys)
+    assert code == 2
+    assert "pass --input-size H W" in err and len(err.strip().splitlines()) == 1
 
 
-def test_cli_exit_2_for_a_model_marked_onnx_unsupported(seg_student, tmp_path):
-    code = ("import sys, torch; torch.nn.Conv2d.onnx_unsupported = 'Canny edges run in OpenCV'; "
-            "from data.errors import run_cli; from trainable.export import main; run_cli(main, sys.argv[1:])")
-    result = _cli("--student", seg_student, "--out", tmp_path / "x.onnx", "--input-size", 64, 128, code=code)
-    assert result.returncode == 2
-    assert result.stderr.strip().endswith("(Conv2d): Canny edges run in OpenCV")
+def test_cli_exit_2_for_a_model_marked_onnx_unsupported(seg_student, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(nn.Conv2d, "onnx_unsupported", "Canny edges run in OpenCV", raising=False)
+    code, _, err = run_main(main, ["--student", seg_student, "--out", tmp_path / "x.onnx", "--input-size", 64, 128],
+                            capsys)
+    assert code == 2
+    assert err.strip().endswith("(Conv2d): Canny edges run in OpenCV")
     assert list(tmp_path.iterdir()) == []
 
 

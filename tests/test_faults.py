@@ -1,21 +1,19 @@
 """Faults a search survives, each with its outcome named (status, reason, what was kept).
 
-Inside a trial: a loss that diverges, an exception, a worker SIGKILLed mid-trial. Around the search: a driver
-SIGKILLed mid-search with a trial checkpoint then truncated, a second driver on a held experiment, `--resume` of a
-finished search. Under every writer of the project: a disk that fills during the write.
+Inside a trial: a loss that diverges, an exception, a worker SIGKILLed mid-trial. Around the search: Optuna trials
+a killed driver asked for (the killed driver itself, a truncated checkpoint, a second driver on a held experiment and
+`--resume` of a finished search are tests/test_search.py's one search). Under every writer of the project: a disk
+that fills during the write.
 """
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -26,10 +24,10 @@ import torch
 import yaml
 
 from data.synthetic import generate
+from experiments import TIMEOUT, result_rows, state_of, study_states, tree, wait_for
 from trainable import models
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT = 300
 EPOCHS = 3
 SAFE_LR = 3e-3
 HUGE_LR = 1e12  # plain SGD at this rate sends the plugged weights to ~1e10 in one step: loss nan at epoch 1, step 2
@@ -73,43 +71,6 @@ def write_space(tmp: Path, name: str, raw: dict) -> Path:
 
 def command(*args: str | Path) -> list[str]:
     return [sys.executable, str(ROOT / "search" / "run.py"), *map(str, args)]
-
-
-def result_rows(trial_dir: Path) -> list[dict]:
-    """The complete lines of a trial's result.json (Ray may be writing the last one)."""
-    path = trial_dir / "result.json"
-    rows = []
-    for line in (path.read_text().splitlines() if path.exists() else []):
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            break
-    return rows
-
-
-def wait_for(condition: Callable[[], object], process: subprocess.Popen, log: Path, timeout: float = TIMEOUT):
-    """Poll `condition` until it returns something truthy; fail if the process ends first or time runs out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if process.poll() is not None:
-            pytest.fail(f"driver ended (rc {process.returncode}) before the awaited state:\n{log.read_text()}")
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting:\n{log.read_text()}")
-
-
-def study_states(experiment: Path) -> dict[float, str]:
-    """The experiment's Optuna study, read as optuna-dashboard reads it: trial state by its sampled w_hint."""
-    study = optuna.load_study(study_name="plugkd", storage=f"sqlite:///{experiment / 'optuna.db'}")
-    return {t.params["distill/w_hint"]: t.state.name for t in study.trials}
-
-
-def state_of(states: dict[float, str], w_hint: float) -> str:
-    matches = [state for value, state in states.items() if value == pytest.approx(w_hint, rel=1e-12)]
-    assert len(matches) == 1, (w_hint, states)
-    return matches[0]
 
 
 # --- inside a trial ------------------------------------------------------------------------------------
@@ -206,107 +167,7 @@ def test_exception_in_a_trial_is_its_error_reason_and_the_search_goes_on(workspa
     assert "2 trials: 2 error" in done.stdout
 
 
-# --- around the search ---------------------------------------------------------------------------------
-
-def tree(folder: Path) -> dict[str, tuple[int, int, str]]:
-    """Every file below the folder: size, modification time and content digest."""
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def around(workspace) -> dict:
-    """One trial at a time. While the first driver runs, a second one tries the experiment; once one trial has
-    finished and the next has reported epoch 1, that trial's worker is frozen (SIGSTOP, so Ray's snapshot holds its
-    checkpoint), the driver's whole process group is SIGKILLed, the trial's checkpoint is truncated, and the search
-    is resumed."""
-    raw = fault_space(workspace, workspace / "data", num_samples=3, max_concurrent=1)
-    experiment = workspace / "runs" / "around"
-    log = workspace / "around.log"
-    with log.open("w") as out:
-        first = subprocess.Popen(command("--space", write_space(workspace, "around", raw), "--name", "around",
-                                         "--storage", workspace / "runs"),
-                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lock = experiment / ".driver.lock"
-    frozen = None
-    try:
-        wait_for(lambda: (experiment / "run.json").is_file() and lock.is_file() and lock.read_text(), first, log)
-        second = subprocess.run(command("--resume", experiment), cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
-
-        def next_trial_after_epoch_1() -> tuple[Path, dict] | None:
-            rows = {trial_dir: result_rows(trial_dir) for trial_dir in experiment.glob("trial_*")}
-            finished = [d for d, r in rows.items() if len(r) == EPOCHS]
-            running = [(d, r[-1]) for d, r in rows.items() if 1 <= len(r) < EPOCHS]
-            return running[0] if finished and running else None
-
-        truncated_dir, last = wait_for(next_trial_after_epoch_1, first, log)
-        frozen = last["pid"]
-        os.kill(frozen, signal.SIGSTOP)
-        time.sleep(4)  # two of Ray's experiment snapshots (TUNE_GLOBAL_CHECKPOINT_S=2) record the trial's checkpoint
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-        if frozen is not None:
-            try:
-                os.kill(frozen, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    stale_lock = lock.read_text()
-    checkpoint = max(truncated_dir.glob("checkpoint_*/state.pt"))
-    checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
-    others = {d.name: (result_rows(d), tree(d)) for d in experiment.glob("trial_*") if d != truncated_dir}
-    before = result_rows(truncated_dir)
-    resumed = subprocess.run(command("--resume", experiment), cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
-    return {"experiment": experiment, "first_pid": first.pid, "second": second, "stale_lock": stale_lock,
-            "truncated": truncated_dir, "checkpoint": checkpoint, "before": before, "others": others, "resumed": resumed}
-
-
-def test_second_driver_on_a_held_experiment_exits_2_naming_the_holder(around):
-    second = around["second"]
-    assert second.returncode == 2, second.stdout + second.stderr
-    assert second.stderr.count("\n") == 1
-    assert f"another driver is running this experiment (pid {around['first_pid']} on {socket.gethostname()} since" \
-        in second.stderr
-
-
-def test_dead_drivers_lock_file_does_not_block_resume(around):
-    assert around["stale_lock"].startswith(f"pid {around['first_pid']} ")  # the SIGKILLed driver's file stayed
-    assert around["resumed"].returncode == 0, around["resumed"].stdout + around["resumed"].stderr
-
-
-def test_truncated_checkpoint_restarts_that_trial_from_the_start_with_one_warning(around):
-    resumed = around["resumed"]
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    warnings = [line for line in resumed.stdout.splitlines() if line.startswith("warning:")]
-    trial_id = around["truncated"].name.removeprefix("trial_")
-    assert len(warnings) == 1, resumed.stdout
-    assert warnings[0].startswith(f"warning: trial {trial_id}: checkpoint unreadable, the trial starts again from epoch 1")
-    assert str(around["checkpoint"]) in warnings[0]
-    rows = result_rows(around["truncated"])
-    assert len(around["before"]) >= 1
-    assert [row["epoch"] for row in rows[len(around["before"]):]] == list(range(1, EPOCHS + 1))  # from the start
-    table = pd.read_parquet(around["experiment"] / "trials.parquet").set_index("trial_id")
-    assert len(table) == 3 and (table["status"] == "completed").all() and (table["epochs"] == EPOCHS).all()
-
-
-def test_resume_leaves_the_other_trials_untouched(around):
-    experiment = around["experiment"]
-    finished = {name for name, (rows, _) in around["others"].items() if len(rows) == EPOCHS}
-    assert len(finished) == 1
-    for name in finished:
-        assert (result_rows(experiment / name), tree(experiment / name)) == around["others"][name]
-    states = study_states(experiment)  # the SQLite study survived the killed driver: one COMPLETE per trial
-    assert sorted(states.values()) == ["COMPLETE"] * 3
-
-
-def test_resume_of_a_finished_search_says_so_and_runs_nothing(around):
-    experiment = around["experiment"]
-    before = tree(experiment)
-    done = subprocess.run(command("--resume", experiment), cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "the search has finished" in done.stdout and "nothing to run" in done.stdout
-    assert tree(experiment) == before  # no new trial folder, no file touched
-
+# --- around the search (a killed driver, a truncated checkpoint, a second driver: tests/test_search.py) ---------
 
 def _one_setting(trial: optuna.Trial) -> None:
     trial.suggest_float("distill/w_hint", 0.1, 10, log=True)

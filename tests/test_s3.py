@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from data.synthetic import generate
+from processes import freeze_trials
 from trainable import models
 
 boto3 = pytest.importorskip("boto3")
@@ -89,6 +90,7 @@ def searched(tmp_path_factory, s3) -> dict:
                 ended.add(fields[0])
             if len(ended) >= 2 or time.monotonic() > deadline:
                 break
+        freeze_trials(driver.pid)  # the running trials can end no more: the search is unfinished when it is killed
         time.sleep(4)  # two of Ray's experiment snapshots (TUNE_GLOBAL_CHECKPOINT_S=2) reach the bucket
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
