@@ -6,9 +6,11 @@ from dataclasses import replace
 import pytest
 import torch
 
+from data.errors import InputError
 from trainable.config import DistillSettings
 from trainable.distill import Distillation, shared_prefix
 from trainable.inventory import convs
+from trainable.precision import amp_dtype
 
 CPU = torch.device("cpu")
 
@@ -131,3 +133,26 @@ def test_tensorboard_scalars_and_image_grid_are_written(trained_teacher, data_se
     assert {"epoch/miou", "epoch/loss_hint", "epoch/loss_kd", "train/loss"} <= set(events.Tags()["scalars"])
     grid = events.Images("val/input_teacher_student")[0]
     assert grid.width > 3 * 128 and grid.height >= 64
+
+
+def test_precision_setting_picks_the_autocast(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert amp_dtype(cpu, "auto") is None and amp_dtype(cpu, "fp32") is None
+    assert amp_dtype(cpu, "bf16") == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert amp_dtype(cuda, "auto") == torch.bfloat16 and amp_dtype(cuda, "fp32") is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "Tesla P100-PCIE-16GB")
+    assert amp_dtype(cuda, "auto") is None
+    with pytest.raises(InputError, match="distill.precision: .*Tesla P100-PCIE-16GB, which has no bf16 support"):
+        amp_dtype(cuda, "bf16")
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_a_step_runs_in_the_precision_it_is_given(trained_teacher, data_settings, precision, dtype):
+    layer = "mod6.block1.convs.conv2"
+    distillation = run(trained_teacher, data_settings, {layer: "dws"}, precision=precision, epochs=1, steps_per_epoch=1)
+    seen = []
+    distillation.student.get_submodule(layer).register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    metrics = distillation.train_epoch()
+    assert seen == [dtype] and torch.isfinite(torch.tensor(metrics["loss"]))

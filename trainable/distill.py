@@ -27,6 +27,7 @@ from trainable.config import DistillSettings, TeacherSettings, pick_device
 from trainable.inventory import count_flops, count_params, output_classes
 from trainable.loaders import labeled_train_set, train_loader, unlabeled_set, val_loader
 from trainable.optim import make_optimizer, make_scheduler
+from trainable.precision import amp_dtype, autocast
 from trainable.surgery import apply_policy, plugged_layers
 
 EpochCallback = Callable[[dict, "Distillation"], None]
@@ -103,6 +104,7 @@ class Distillation:
         log: Callable[[str], None] = print,
     ):
         self.device = torch.device(device) if device is not None else pick_device()
+        amp_dtype(self.device, settings.precision)  # refuse bf16 on a GPU without it before anything is built
         self.settings, self.data, self.log = settings, data, log
         self.teacher_settings, self.policy = teacher_settings, dict(policy)
         self.task = tasks.get(teacher_settings.task)
@@ -235,9 +237,6 @@ class Distillation:
         images = images.to(self.device, non_blocking=True)
         return images.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else images
 
-    def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
-
     def _outputs(self, model: nn.Module, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """The logits, and the edge probabilities when the run distils them (`w_edge` > 0): one forward either way."""
         if self.settings.w_edge == 0:
@@ -254,7 +253,7 @@ class Distillation:
         s = self.settings
         self._teacher_out.clear()
         self._student_out.clear()
-        with self._autocast():
+        with autocast(self.device, self.settings.precision):
             with torch.no_grad():
                 teacher_logits, teacher_edge = self._outputs(self.teacher, images)
             student_logits, student_edge = self._outputs(self.student, images)

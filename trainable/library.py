@@ -49,6 +49,7 @@ from data.errors import InputError
 from data.files import write_bytes_atomic
 from trainable.inventory import convs
 from trainable.ops import Plug, check_op, make_op, op_params
+from trainable.precision import autocast
 
 PlugKey = tuple[str, str]
 Images = Callable[[], Iterable[Any]]
@@ -215,10 +216,6 @@ def _to_device(images: Tensor, device: torch.device) -> Tensor:
     return images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else images
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-
-
 def _prepare(module: nn.Module, device: torch.device) -> nn.Module:
     module.to(device)
     return module.to(memory_format=torch.channels_last) if device.type == "cuda" else module
@@ -271,7 +268,7 @@ def probe(teacher: nn.Module, images: Tensor, layers: Sequence[str], device: tor
             functional_call(teacher, tensors, (images.to("meta").float(),))
         except (NotImplementedError, RuntimeError):
             found.clear()
-            with _autocast(device):
+            with autocast(device):
                 teacher(_to_device(images, device))
     missing = [layer for layer in layers if layer not in found]
     if missing:
@@ -344,11 +341,11 @@ def _train_chunk(
             bar = tqdm(images(), total=batches, desc=f"plugs {label} epoch {epoch + 1}/{settings.epochs}",
                        disable=not show, leave=False)
             for batch in bar:
-                with torch.no_grad(), _autocast(device):
+                with torch.no_grad(), autocast(device):
                     teacher(_to_device(_image(batch), device))
                 for key, plug in plugs.items():
                     inputs, target = captured[key[0]]
-                    with _autocast(device):
+                    with autocast(device):
                         output = plug(inputs)
                     loss = normalised_mse(output, target)
                     optimizers[key].zero_grad(set_to_none=True)
@@ -415,7 +412,7 @@ def local_errors(teacher: nn.Module, plugs: Mapping[PlugKey, Plug], images: Imag
 
         return hook
 
-    with _eval_mode(teacher), _hooks(named, by_layer, make), _autocast(device):
+    with _eval_mode(teacher), _hooks(named, by_layer, make), autocast(device):
         for batch in images():
             image = _to_device(_image(batch), device)
             teacher(image)

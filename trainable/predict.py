@@ -20,7 +20,6 @@ import csv
 import io
 import math
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -40,6 +39,7 @@ from trainable.evaluate import infer_logits
 from trainable.models import info, is_zoo
 from trainable.surgery import load_student
 from trainable.tasks import read_logits
+from trainable.precision import autocast
 
 _TO_LABEL_ID = torch.from_numpy(train_to_label_lut())
 CSV_NAME = "predictions.csv"
@@ -108,16 +108,12 @@ def write_png(label_ids: np.ndarray, path: Path) -> None:
         Image.fromarray(label_ids).save(handle, format="PNG")
 
 
-def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-
-
 @torch.inference_mode()
 def predict_label_ids(model: nn.Module, image: Image.Image, settings: EvalSettings, device: torch.device,
                       mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
     """labelIds (H, W) uint8 of one RGB image: argmax of the trainId logits, mapped to the official labelIds."""
     batch = normalize(image, tuple(mean), tuple(std)).unsqueeze(0).to(device)
-    with _autocast(device):
+    with autocast(device):
         logits = infer_logits(model, batch, settings)
     return _TO_LABEL_ID[logits[0].argmax(0).cpu()].numpy()
 
@@ -162,7 +158,7 @@ def classify_folder(
     for first in range(0, total, batch):
         chunk = paths[first:first + batch]
         inputs = torch.stack([transform(open_rgb(path)) for path in chunk]).to(device)
-        with _autocast(device):
+        with autocast(device):
             logits = read_logits(model(inputs)).float()
         if logits.ndim != 2:
             raise InputError(f"model outputs shape {tuple(logits.shape)}; expected (N, classes) logits of a classifier")

@@ -10,7 +10,7 @@ A new task is one `@register` class.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -24,6 +24,7 @@ from data.settings import DataSettings
 from trainable import losses
 from trainable.evaluate import class_names, confusion_matrix, infer_logits, iou_per_class, mean_iou
 from trainable.visualize import prediction_grid
+from trainable.precision import autocast
 
 
 @dataclass
@@ -63,10 +64,6 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         model.train(was_training)
-
-
-def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
 class Task:
@@ -152,7 +149,7 @@ class Segmentation(Task):
         with _eval_mode(model):
             for images, masks in loader:
                 images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-                with _autocast(device):
+                with autocast(device):
                     logits = infer_logits(forward, images, data.eval)
                 conf += confusion_matrix(logits.argmax(1), masks, num_classes, IGNORE_INDEX)
         per_class = dict(zip(class_names(num_classes), iou_per_class(conf)))
@@ -190,7 +187,7 @@ class Classification(Task):
         with _eval_mode(model):
             for images, target in loader:
                 images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
-                with _autocast(device):
+                with autocast(device):
                     logits = self.logits(model, images).float()
                 if logits.shape[1] != num_classes:
                     raise InputError(f"model outputs {logits.shape[1]} classes; the val split has {num_classes}")
