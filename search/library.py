@@ -12,7 +12,7 @@ import argparse
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import pandas as pd
 import torch
@@ -23,7 +23,7 @@ from search.space import Space, load_space
 from trainable.config import pick_device
 from trainable.inventory import output_classes
 from trainable.library import TABLE_NAME, PlugCache, plugs_table, train_plugs
-from trainable.loaders import train_loader, unlabeled_set, val_loader
+from trainable.loaders import same_shape_batches, train_loader, unlabeled_set, val_loader
 
 
 @dataclass(frozen=True)
@@ -68,10 +68,13 @@ def build_library(space: Space, teacher: torch.nn.Module, choices: PolicyChoices
     classes = output_classes(teacher, space.input_size)
     score = space.search.score
 
-    def score_fn(model: torch.nn.Module) -> float:
-        return task.evaluate(model, val, space.data, classes, device)[score]
+    def val_batches() -> Iterator[tuple[torch.Tensor, ...]]:
+        return same_shape_batches(val, settings.batch_size)
 
-    table = plugs_table(teacher, wanted, lambda: (images for images, _ in val), score_fn, device, cache)
+    def score_fn(model: torch.nn.Module) -> float:
+        return task.evaluate(model, val_batches(), space.data, classes, device)[score]
+
+    table = plugs_table(teacher, wanted, lambda: (images for images, _ in val_batches()), score_fn, device, cache)
     seconds = time.monotonic() - started
     print(f"plug library: {len(table)} plugs in {cache.folder} ({seconds:.0f}s)", flush=True)
     return Library(cache, table, seconds)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 import trainable.library as library
 from data.errors import InputError
 from trainable.inventory import convs, measure
+from trainable.loaders import same_shape_batches
 from trainable.library import (
     TABLE_COLUMNS, LibrarySettings, PlugCache, chunk_layers, load_plug, local_errors, plugs_table, teacher_hash,
     train_plugs,
@@ -219,3 +220,12 @@ def test_plugs_table(tmp_path: Path) -> None:
     stored = pd.read_parquet(cache.folder / "plugs.parquet")
     assert sorted(zip(stored.layer, stored.op)) == sorted(PLUGS)  # still one row per (layer, op)
     assert set(stored.key) == set(table.key) - {cache.key("body.3", "dws")} | {other_data.key("body.3", "dws")}
+
+
+def test_scoring_batches_join_consecutive_images_of_one_shape_up_to_the_size():
+    # The library scores every plug over the val split: a segmentation val loader yields one image at a time.
+    shapes = [(8, 16)] * 5 + [(12, 16)] * 2 + [(8, 16)]
+    batches = [(torch.full((1, 3, h, w), float(i)), torch.full((1, h, w), i)) for i, (h, w) in enumerate(shapes)]
+    joined = list(same_shape_batches(batches, 3))
+    assert [tuple(images.shape) for images, _ in joined] == [(3, 3, 8, 16), (2, 3, 8, 16), (2, 3, 12, 16), (1, 3, 8, 16)]
+    assert torch.cat([masks[:, 0, 0] for _, masks in joined]).tolist() == list(range(len(shapes)))  # order kept

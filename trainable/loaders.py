@@ -1,7 +1,10 @@
 """DataLoaders built from typed data settings, through the dataset kind the settings name."""
 from __future__ import annotations
 
+from typing import Iterable, Iterator, Sequence
+
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from data.kinds import kind
@@ -39,3 +42,19 @@ def train_loader(dataset: Dataset, data: DataSettings, seed: int) -> DataLoader:
 
 def val_loader(data: DataSettings, batch_size: int = 1) -> DataLoader:
     return DataLoader(val_set(data), batch_size=batch_size, shuffle=False, num_workers=data.workers)
+
+
+def same_shape_batches(batches: Iterable[Sequence[Tensor]], size: int) -> Iterator[tuple[Tensor, ...]]:
+    """`batches` with consecutive ones of equal item shapes concatenated, up to `size` items: fewer, larger forwards
+    (a segmentation val loader yields one image at a time, since a data set's images may differ in size)."""
+    group: list[Sequence[Tensor]] = []
+    count = 0
+    for batch in batches:
+        shapes = [t.shape[1:] for t in batch]
+        if group and (count + len(batch[0]) > size or shapes != [t.shape[1:] for t in group[0]]):
+            yield tuple(torch.cat(parts) for parts in zip(*group))
+            group, count = [], 0
+        group.append(batch)
+        count += len(batch[0])
+    if group:
+        yield tuple(torch.cat(parts) for parts in zip(*group))
