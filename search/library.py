@@ -12,7 +12,7 @@ import argparse
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import pandas as pd
 import torch
@@ -23,7 +23,10 @@ from search.space import Space, load_space
 from trainable.config import pick_device
 from trainable.inventory import output_classes
 from trainable.library import TABLE_NAME, PlugCache, plugs_table, train_plugs
-from trainable.loaders import same_shape_batches, train_loader, unlabeled_set, val_loader
+from trainable.loaders import kept_in_memory, same_shape_batches, train_loader, unlabeled_set, val_loader
+
+
+SCORING_CACHE_BYTES = 1 << 30  # val images decoded once for the scoring (one pass per plug) when they fit in this
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,7 @@ def build_library(space: Space, teacher: torch.nn.Module, choices: PolicyChoices
     classes = output_classes(teacher, space.input_size)
     score = space.search.score
 
-    def val_batches() -> Iterator[tuple[torch.Tensor, ...]]:
-        return same_shape_batches(val, settings.batch_size)
+    val_batches = kept_in_memory(lambda: same_shape_batches(val, settings.batch_size), SCORING_CACHE_BYTES)
 
     def score_fn(model: torch.nn.Module) -> float:
         return task.evaluate(model, val_batches(), space.data, classes, device)[score]

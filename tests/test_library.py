@@ -11,7 +11,7 @@ from torch import Tensor, nn
 import trainable.library as library
 from data.errors import InputError
 from trainable.inventory import convs, measure
-from trainable.loaders import same_shape_batches
+from trainable.loaders import kept_in_memory, same_shape_batches
 from trainable.library import (
     TABLE_COLUMNS, LibrarySettings, PlugCache, chunk_layers, load_plug, local_errors, plugs_table, teacher_hash,
     train_plugs,
@@ -229,3 +229,17 @@ def test_scoring_batches_join_consecutive_images_of_one_shape_up_to_the_size():
     joined = list(same_shape_batches(batches, 3))
     assert [tuple(images.shape) for images, _ in joined] == [(3, 3, 8, 16), (2, 3, 8, 16), (2, 3, 12, 16), (1, 3, 8, 16)]
     assert torch.cat([masks[:, 0, 0] for _, masks in joined]).tolist() == list(range(len(shapes)))  # order kept
+
+
+def test_scoring_batches_are_kept_in_memory_only_when_they_fit():
+    reads = []
+
+    def batches():
+        reads.append(1)
+        return iter([(torch.zeros(2, 3, 4, 4),), (torch.ones(2, 3, 4, 4),)])  # 384 bytes each
+
+    kept = kept_in_memory(batches, 1000)
+    assert [float(b[0].sum()) for _ in range(3) for b in kept()] == [0.0, 96.0] * 3 and len(reads) == 1
+    reads.clear()
+    streamed = kept_in_memory(batches, 500)
+    assert streamed is batches and [float(b[0].sum()) for b in streamed()] == [0.0, 96.0]

@@ -1,7 +1,7 @@
 """DataLoaders built from typed data settings, through the dataset kind the settings name."""
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -58,3 +58,15 @@ def same_shape_batches(batches: Iterable[Sequence[Tensor]], size: int) -> Iterat
         count += len(batch[0])
     if group:
         yield tuple(torch.cat(parts) for parts in zip(*group))
+
+
+def kept_in_memory(batches: Callable[[], Iterable[Sequence[Tensor]]], limit_bytes: int) -> Callable[[], Iterable[Sequence[Tensor]]]:
+    """`batches` read once and kept, for code that passes over them many times, when they fit in `limit_bytes`;
+    else `batches` itself (read anew on each pass)."""
+    kept, total = [], 0
+    for batch in batches():
+        total += sum(t.numel() * t.element_size() for t in batch)
+        if total > limit_bytes:
+            return batches
+        kept.append(batch)
+    return lambda: iter(kept)
