@@ -1,6 +1,6 @@
 """Faults a search survives, each with its outcome named (status, reason, what was kept).
 
-Inside a trial: a loss that diverges, an exception, a worker SIGKILLed mid-trial. Around the search: Optuna trials
+Inside a trial: a loss that diverges, an exception (in trials on a two-node cluster), a worker SIGKILLed mid-trial. Around the search: Optuna trials
 a killed driver asked for (the killed driver itself, a truncated checkpoint, a second driver on a held experiment and
 `--resume` of a finished search are tests/test_search.py's one search). Under every writer of the project: a disk
 that fills during the write.
@@ -147,16 +147,26 @@ def test_asha_counts_epochs_so_a_resumed_trial_is_judged_by_its_epoch(workspace,
     assert rows[1]["epoch"] == 2  # the first report of the retried worker: epoch 2 after epoch 1, the time ASHA reads
 
 
-def test_exception_in_a_trial_is_its_error_reason_and_the_search_goes_on(workspace):
-    """A truncated image among the unlabeled ones (a half-copied file): every trial reads it in its first epoch."""
+def test_exceptions_in_trials_on_a_two_node_cluster_are_their_error_reasons_and_the_search_goes_on(workspace):
+    """A truncated image among the unlabeled ones (a half-copied file): every trial reads it in its first epoch. The
+    search runs on a two-node cluster of one CPU per node, two trials at a time: Tune asks for both trials' actors at
+    once (its pending limit is max_concurrent), so each node runs one, and each error travels back from its node."""
+    from ray.cluster_utils import Cluster
+
     data = workspace / "broken_data"
     shutil.copytree(workspace / "data", data)
     bad = sorted((data / "leftImg8bit" / "train_extra").rglob("*.png"))[3]
     bad.write_bytes(bad.read_bytes()[:200])
     raw = fault_space(workspace, data, {"epochs": 1}, num_samples=2)
-    done = subprocess.run(command("--space", write_space(workspace, "broken", raw), "--name", "broken",
-                                  "--storage", workspace / "runs"), cwd=ROOT, capture_output=True, text=True,
-                          timeout=TIMEOUT)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        done = subprocess.run(command("--space", write_space(workspace, "broken", raw), "--name", "broken",
+                                      "--storage", workspace / "runs", "--address", cluster.address),
+                              cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+    finally:
+        cluster.shutdown()
     assert done.returncode == 0, done.stdout + done.stderr
     experiment = workspace / "runs" / "broken"
     table = pd.read_parquet(experiment / "trials.parquet")
@@ -165,6 +175,8 @@ def test_exception_in_a_trial_is_its_error_reason_and_the_search_goes_on(workspa
         assert reason.startswith(f"InputError: {bad}: cannot read image (") and "\n" not in reason
     assert set(study_states(experiment).values()) == {"FAIL"}
     assert "2 trials: 2 error" in done.stdout
+    nodes = {row["node_id"] for trial in experiment.glob("trial_*") for row in result_rows(trial)}
+    assert len(nodes) == 2
 
 
 # --- around the search (a killed driver, a truncated checkpoint, a second driver: tests/test_search.py) ---------

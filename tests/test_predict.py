@@ -1,9 +1,7 @@
-"""The predict CLI: labelIds PNGs per image that the evaluate CLI scores exactly like in-process evaluation."""
+"""The predict command: labelIds PNGs per image that the evaluate command scores exactly like in-process evaluation."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
+from cli import run_main
 from data.cityscapes import CityscapesSegmentation
 from data.errors import run_cli
 from data.labels import TRAIN_TO_LABEL_ID, train_to_label_lut
@@ -20,12 +19,11 @@ from data.synthetic import generate
 from data.transforms import eval_transforms, normalize
 from trainable.evaluate import infer_logits
 from data.settings import DataSettings, EvalSettings
-from trainable import tasks
+from trainable import evaluate, tasks
 from trainable.models import build
 from trainable.predict import main
 from trainable.surgery import apply_policy, save_student
 
-ROOT = Path(__file__).resolve().parents[1]
 WIDTH = 0.0625
 POLICY = {"mod2.block1.convs.conv2": "dws", "mod3.block2.convs.conv1": "dws"}
 
@@ -47,11 +45,6 @@ def student(tmp_path_factory) -> tuple[nn.Module, Path]:
     return model, path
 
 
-def _run(module: str, *args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
-
-
 def _expected_label_ids(model: nn.Module, image_path: Path, settings: EvalSettings) -> np.ndarray:
     with Image.open(image_path) as image:
         batch = normalize(image.convert("RGB")).unsqueeze(0)
@@ -68,13 +61,13 @@ def _exit_line(capsys, argv: list[str]) -> str:
     return lines[0]
 
 
-def test_student_predictions_score_like_in_process_evaluation(root, student, tmp_path):
+def test_student_predictions_score_like_in_process_evaluation(root, student, tmp_path, capsys):
     model, path = student
     images = root / "leftImg8bit" / "val"
     out = tmp_path / "pred"
-    done = _run("trainable.predict", "--student", path, "--images", images, "--out", out, "--device", "cpu")
-    assert done.returncode == 0, done.stderr
-    assert "3/3" in done.stdout and str(out) in done.stdout.splitlines()[-1]
+    code, stdout, stderr = run_main(main, ["--student", path, "--images", images, "--out", out, "--device", "cpu"], capsys)
+    assert code == 0, stderr
+    assert "3/3" in stdout and str(out) in stdout.splitlines()[-1]
     inputs = sorted(p.relative_to(images) for p in images.rglob("*.png"))
     written = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     assert written == inputs and len(written) == 3
@@ -83,11 +76,12 @@ def test_student_predictions_score_like_in_process_evaluation(root, student, tmp
         assert ids.dtype == np.uint8 and ids.shape == (32, 64)
         assert set(np.unique(ids)) <= set(TRAIN_TO_LABEL_ID)
 
-    scored = _run("trainable.evaluate", "--pred-dir", out, "--gt-dir", root / "gtFine" / "val", "--json")
-    assert scored.returncode == 0, scored.stderr
+    code, scored, stderr = run_main(evaluate.main, ["--pred-dir", out, "--gt-dir", root / "gtFine" / "val", "--json"],
+                                    capsys)
+    assert code == 0, stderr
     dataset = CityscapesSegmentation(root, "val", eval_transforms())
     expected = tasks.get("segmentation").evaluate(model, DataLoader(dataset, batch_size=1), DataSettings(root=root), 19)
-    assert json.loads(scored.stdout)["mIoU"] == pytest.approx(expected["miou"], abs=1e-9)
+    assert json.loads(scored)["mIoU"] == pytest.approx(expected["miou"], abs=1e-9)
 
 
 def test_teacher_from_plain_state_dict(root, tmp_path, capsys):

@@ -252,31 +252,6 @@ def test_existing_experiment_is_not_overwritten(killed_and_resumed, workspace, c
     assert err.strip().count("\n") == 0 and "experiment exists" in err
 
 
-def test_search_on_a_two_node_cluster_uses_both_nodes(workspace):
-    """Two trials at a time on two nodes of one CPU each: Tune asks for both trials' actors at once (its pending
-    limit is max_concurrent), so each node gets one; the teacher is measured in the driver (CPU trials)."""
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    try:
-        cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        done = subprocess.run(
-            command("--space", str(workspace["space"]), "--name", "cluster", "--storage", str(workspace["storage"]),
-                    "--num-samples", "2", "--address", cluster.address),
-            cwd=ROOT, capture_output=True, text=True, timeout=SEARCH_TIMEOUT,
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-    finally:
-        cluster.shutdown()
-    experiment = workspace["storage"] / "cluster"
-    nodes = set()
-    for result in experiment.glob("trial_*/result.json"):
-        nodes |= {json.loads(line)["node_id"] for line in result.read_text().splitlines()}
-    assert len(nodes) == 2
-    assert len(pd.read_parquet(experiment / "trials.parquet")) == 2
-
-
 def test_trials_asking_for_more_gpus_than_there_are_are_refused(workspace, capsys):
     space = workspace["tmp"] / "gpu.yaml"
     raw = tiny_space(workspace["tmp"], workspace["tmp"] / "data", workspace["tmp"] / "teacher.pt")

@@ -2,6 +2,8 @@
 proposals go first and within the budget, and analysis draws the library and rates its predictor."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import torch
 import yaml
 
 from data.synthetic import generate
+from search import library
 from test_search import tiny_space
 from trainable import models
 from trainable.config import DistillSettings
@@ -82,12 +85,15 @@ def _python(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def built_twice(workspace) -> dict:
-    """`search/library.py` run twice on the space, with the cache's files and mtimes after each run."""
+    """`search/library.py --space S` (its main, in this process) run twice, with the cache's files and mtimes after
+    each run."""
     runs = []
     for _ in range(2):
-        done = _python("search/library.py", "--space", str(workspace["space"]))
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert library.main(["--space", str(workspace["space"]), "--device", "cpu"]) == 0
         files = {path: path.stat().st_mtime_ns for path in workspace["cache"].rglob("*") if path.is_file()}
-        runs.append({"done": done, "files": files})
+        runs.append({"stdout": out.getvalue(), "files": files})
     return {"first": runs[0], "second": runs[1]}
 
 
@@ -100,7 +106,7 @@ def test_second_library_build_trains_nothing_and_prints_the_table(built_twice):
     plugs = [path for path in first["files"] if path.suffix == ".safetensors"]
     assert len(plugs) == PLUG_COUNT
     assert second["files"] == first["files"]  # the second build rewrote no plug and no table
-    out = second["done"].stdout
+    out = second["stdout"]
     assert f"plug library: {PLUG_COUNT} plugs" in out
     table = next(path for path in first["files"] if path.name == TABLE_NAME)
     assert f"table: {table}" in out
