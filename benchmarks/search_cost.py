@@ -37,7 +37,7 @@ when they exist in the current folder, else generated once under `<out>/inputs/`
 data and teacher, ~75 s of teacher training on a quiet machine; classification: an imagefolder of 4
 shapes, 64 train, 16 val per class and 256 unlabeled images of 32x32, teacher trained 60 epochs).
 
-    python benchmarks/search_cost.py                          # both spaces, 3 seeds (not measured in full: see benchmarks/README.md)
+    python benchmarks/search_cost.py                          # both spaces, 3 seeds (about 14 min on 2 cores)
     python benchmarks/search_cost.py --spaces demo --seeds 1 --num-samples 6 --epochs 2   # a smoke run
 """
 from __future__ import annotations

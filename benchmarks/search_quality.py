@@ -25,7 +25,7 @@ dominates it (params <= and score >=, one strictly).
 Default settings (`--num-samples`, `--epochs`, `--seeds`, `--spaces`, `--searchers` shrink them): demo 12
 trials of 3 epochs, classification 12 trials of 2 epochs; inputs as in `benchmarks/search_cost.py`.
 
-    python benchmarks/search_quality.py                        # both spaces, 3 seeds (not measured in full: see benchmarks/README.md)
+    python benchmarks/search_quality.py                        # both spaces, 3 seeds (about 22 min on 2 cores)
     python benchmarks/search_quality.py --spaces demo --seeds 1 --num-samples 6 --epochs 2   # a smoke run
 """
 from __future__ import annotations

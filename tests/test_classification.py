@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from data.errors import run_cli
+from cli import exit_2_line, run_main, run_ok
 from data.synthetic import generate_imagefolder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,27 +100,6 @@ def write_space(folder: Path, **changes: dict) -> Path:
     return path
 
 
-def exit_2_line(capsys, main, argv: list[str]) -> str:
-    """Run a command's main as its CLI does; it must end with exit 2 and one line on stderr, returned."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as stop:
-        run_cli(main, [str(a) for a in argv])
-    assert stop.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    return lines[0]
-
-
-def run_ok(main, argv: list[str], capsys) -> str:
-    """Run a command's main as its CLI does; it must end with exit 0; returns its stdout."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as stop:
-        run_cli(main, [str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert stop.value.code == 0, err
-    return out
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     """The user's folder: the space and its model file side by side, the images, the teacher's checkpoint."""
@@ -153,17 +132,17 @@ def in_work(work, monkeypatch) -> Path:
     return work
 
 
-def test_teacher_evaluates_like_a_plain_loop(in_work, teacher, capsys):
+def test_teacher_evaluates_like_a_plain_loop(in_work, teacher):
     from search import teacher as command
 
-    printed = json.loads(run_ok(command.main, ["--space", SPACE, "--evaluate", "--device", "cpu"], capsys))
+    printed = json.loads(run_ok(command.main, ["--space", SPACE, "--evaluate", "--device", "cpu"]))
     assert printed["top1"] == plain_topk(teacher, in_work / DATA / "val")["top1"]
     assert printed["top1"] >= 0.45  # clearly above chance (0.25): the teacher was trained, its weights loaded
     assert printed["images"] == 4 * VAL_PER_CLASS
     assert "top5" not in printed  # 4 classes: top-5 would always be 1
 
 
-def test_lightning_checkpoint_with_strip_prefix(in_work, teacher, capsys):
+def test_lightning_checkpoint_with_strip_prefix(in_work, teacher):
     from search import teacher as command
 
     state = torch.load(in_work / CHECKPOINT, weights_only=True)["state_dict"]
@@ -172,11 +151,11 @@ def test_lightning_checkpoint_with_strip_prefix(in_work, teacher, capsys):
                  "hyper_parameters": {"lr": 0.01}, "optimizer_states": [], "lr_schedulers": []}
     torch.save(lightning, in_work / "checkpoints" / "last.ckpt")
     space = write_space(in_work, teacher={"checkpoint": "checkpoints/last.ckpt", "strip_prefix": "model."})
-    printed = json.loads(run_ok(command.main, ["--space", space, "--evaluate", "--device", "cpu"], capsys))
+    printed = json.loads(run_ok(command.main, ["--space", space, "--evaluate", "--device", "cpu"]))
     assert printed["top1"] == plain_topk(teacher, in_work / DATA / "val")["top1"]
 
 
-def test_top5_with_five_classes(in_work, capsys):
+def test_top5_with_five_classes(in_work):
     from search import teacher as command
 
     generate_imagefolder(in_work / "data" / "five", classes=5, train=0, val=3, unlabeled=2, size=32, seed=1)
@@ -185,12 +164,12 @@ def test_top5_with_five_classes(in_work, capsys):
     torch.save(model.state_dict(), in_work / "checkpoints" / "five.pth")
     space = write_space(in_work, teacher={"args": {"num_classes": 5, "width": 8}, "checkpoint": "checkpoints/five.pth"},
                         data={"root": "data/five"})
-    printed = json.loads(run_ok(command.main, ["--space", space, "--evaluate", "--device", "cpu"], capsys))
+    printed = json.loads(run_ok(command.main, ["--space", space, "--evaluate", "--device", "cpu"]))
     expected = plain_topk(model, in_work / "data" / "five" / "val", ks=(1, 5))
     assert (printed["top1"], printed["top5"], printed["images"]) == (expected["top1"], expected["top5"], 15)
 
 
-def test_val_classes_unlike_the_teachers_outputs_exit_2(in_work, capsys):
+def test_val_classes_unlike_the_teachers_outputs_exit_2(in_work):
     from search import run, teacher as command
 
     if not (in_work / "data" / "five").exists():
@@ -199,17 +178,17 @@ def test_val_classes_unlike_the_teachers_outputs_exit_2(in_work, capsys):
     val = str(in_work / "data" / "five" / "val")
     for main in (run.main, command.main):
         argv = ["--space", space] + (["--evaluate"] if main is command.main else ["--storage", in_work / "bad_runs"])
-        line = exit_2_line(capsys, main, argv)
+        line = exit_2_line(main, argv)
         assert val in line and "(4)" in line and "got 5" in line
     assert not (in_work / "bad_runs").exists()
 
 
-def test_empty_unlabeled_folder_exit_2(in_work, capsys):
+def test_empty_unlabeled_folder_exit_2(in_work):
     from search import run
 
     (in_work / DATA / "empty").mkdir()
     space = write_space(in_work, data={"unlabeled": ["empty"]})
-    line = exit_2_line(capsys, run.main, ["--space", space, "--storage", in_work / "bad_runs"])
+    line = exit_2_line(run.main, ["--space", space, "--storage", in_work / "bad_runs"])
     assert str(in_work / DATA / "empty") in line and "no images" in line
 
 
@@ -319,11 +298,11 @@ def test_predictions_csv(predictions, work):
     assert all(1 / len(CLASSES) <= float(row["score"]) <= 1 for row in rows)  # the top softmax probability
 
 
-def test_evaluate_scores_predictions_like_eval_json(predictions, retrained, work, capsys):
+def test_evaluate_scores_predictions_like_eval_json(predictions, retrained, work):
     from trainable import evaluate
 
     val = work / DATA / "val"
-    printed = json.loads(run_ok(evaluate.main, ["--pred-csv", predictions, "--val-dir", val, "--json"], capsys))
+    printed = json.loads(run_ok(evaluate.main, ["--pred-csv", predictions, "--val-dir", val, "--json"]))
     assert printed["top1"] == json.loads((retrained / "eval.json").read_text())["top1"]
     assert printed["images"] == 4 * VAL_PER_CLASS and set(printed["per_class"]) == set(CLASSES)
 
@@ -331,23 +310,16 @@ def test_evaluate_scores_predictions_like_eval_json(predictions, retrained, work
     by_index = work / "by_index.csv"  # a class index (into the sorted folder names) scores the same
     by_index.write_text("\n".join([text[0], *(",".join([p, str(SORTED.index(c)), s])
                                               for p, c, s in (line.split(",") for line in text[1:])), ""]))
-    again = json.loads(run_ok(evaluate.main, ["--pred-csv", by_index, "--val-dir", val, "--json"], capsys))
+    again = json.loads(run_ok(evaluate.main, ["--pred-csv", by_index, "--val-dir", val, "--json"]))
     assert again["top1"] == printed["top1"]
 
     missing = work / "missing.csv"
     missing.write_text("\n".join(text[:-1]) + "\n")
     dropped = text[-1].split(",")[0]
-    assert str(val / dropped) in exit_2_line(capsys, evaluate.main, ["--pred-csv", missing, "--val-dir", val])
+    assert str(val / dropped) in exit_2_line(evaluate.main, ["--pred-csv", missing, "--val-dir", val])
     unknown = work / "unknown.csv"
     path, _, score = text[-1].split(",")
     unknown.write_text("\n".join([*text[:-1], f"{path},hexagon,{score}"]) + "\n")
-    assert "'hexagon'" in exit_2_line(capsys, evaluate.main, ["--pred-csv", unknown, "--val-dir", val])
-    assert "--pred-csv" in _usage_error(capsys, evaluate.main, ["--pred-csv", predictions])
-
-
-def _usage_error(capsys, main, argv: list[str]) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as stop:
-        main([str(a) for a in argv])
-    assert stop.value.code == 2
-    return capsys.readouterr().err
+    assert "'hexagon'" in exit_2_line(evaluate.main, ["--pred-csv", unknown, "--val-dir", val])
+    code, _, err = run_main(evaluate.main, ["--pred-csv", predictions])  # argparse's usage error
+    assert code == 2 and "--pred-csv" in err

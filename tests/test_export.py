@@ -138,10 +138,10 @@ def test_verification_catches_a_perturbed_weight(seg_student, seg_onnx, tmp_path
     assert float(re.search(r"difference (\S+) ", str(err.value)).group(1)) > ATOL
 
 
-def test_cli_exit_1_names_output_and_difference(cls_student, tmp_path, capsys):
+def test_cli_exit_1_names_output_and_difference(cls_student, tmp_path):
     out = tmp_path / "cls.onnx"
     code, stdout, stderr = run_main(main, ["--student", cls_student, "--out", out, "--input-size", 32, 32,
-                                           "--atol", 0, "--rtol", 0], capsys)
+                                           "--atol", 0, "--rtol", 0])
     assert code == 1, stdout + stderr
     line = stderr.strip().splitlines()[-1]
     match = re.search(r"output 'output' at input \[1, 3, 32, 32\]: largest absolute difference (\S+) ", line)
@@ -149,23 +149,22 @@ def test_cli_exit_1_names_output_and_difference(cls_student, tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []  # --out not written, no temporary file left
 
 
-def test_cli_exit_2_for_a_missing_student(tmp_path, capsys):
+def test_cli_exit_2_for_a_missing_student(tmp_path):
     code, _, err = run_main(main, ["--student", tmp_path / "nope.pt", "--out", tmp_path / "x.onnx",
-                                   "--input-size", 32, 32], capsys)
+                                   "--input-size", 32, 32])
     assert code == 2
     assert err.strip().splitlines() == [f"error: {tmp_path / 'nope.pt'}: student file not found"]
 
 
-def test_cli_exit_2_without_an_input_size(seg_student, tmp_path, capsys):
-    code, _, err = run_main(main, ["--student", seg_student, "--out", tmp_path / "x.onnx"], capsys)
+def test_cli_exit_2_without_an_input_size(seg_student, tmp_path):
+    code, _, err = run_main(main, ["--student", seg_student, "--out", tmp_path / "x.onnx"])
     assert code == 2
     assert "pass --input-size H W" in err and len(err.strip().splitlines()) == 1
 
 
-def test_cli_exit_2_for_a_model_marked_onnx_unsupported(seg_student, tmp_path, capsys, monkeypatch):
+def test_cli_exit_2_for_a_model_marked_onnx_unsupported(seg_student, tmp_path, monkeypatch):
     monkeypatch.setattr(nn.Conv2d, "onnx_unsupported", "Canny edges run in OpenCV", raising=False)
-    code, _, err = run_main(main, ["--student", seg_student, "--out", tmp_path / "x.onnx", "--input-size", 64, 128],
-                            capsys)
+    code, _, err = run_main(main, ["--student", seg_student, "--out", tmp_path / "x.onnx", "--input-size", 64, 128])
     assert code == 2
     assert err.strip().endswith("(Conv2d): Canny edges run in OpenCV")
     assert list(tmp_path.iterdir()) == []

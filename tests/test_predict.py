@@ -11,9 +11,8 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cli import run_main
+from cli import exit_2_line, run_main
 from data.cityscapes import CityscapesSegmentation
-from data.errors import run_cli
 from data.labels import TRAIN_TO_LABEL_ID, train_to_label_lut
 from data.synthetic import generate
 from data.transforms import eval_transforms, normalize
@@ -52,20 +51,11 @@ def _expected_label_ids(model: nn.Module, image_path: Path, settings: EvalSettin
     return train_to_label_lut()[logits[0].argmax(0).numpy()]
 
 
-def _exit_line(capsys, argv: list[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(main, [str(a) for a in argv])
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ")
-    return lines[0]
-
-
-def test_student_predictions_score_like_in_process_evaluation(root, student, tmp_path, capsys):
+def test_student_predictions_score_like_in_process_evaluation(root, student, tmp_path):
     model, path = student
     images = root / "leftImg8bit" / "val"
     out = tmp_path / "pred"
-    code, stdout, stderr = run_main(main, ["--student", path, "--images", images, "--out", out, "--device", "cpu"], capsys)
+    code, stdout, stderr = run_main(main, ["--student", path, "--images", images, "--out", out, "--device", "cpu"])
     assert code == 0, stderr
     assert "3/3" in stdout and str(out) in stdout.splitlines()[-1]
     inputs = sorted(p.relative_to(images) for p in images.rglob("*.png"))
@@ -76,8 +66,7 @@ def test_student_predictions_score_like_in_process_evaluation(root, student, tmp
         assert ids.dtype == np.uint8 and ids.shape == (32, 64)
         assert set(np.unique(ids)) <= set(TRAIN_TO_LABEL_ID)
 
-    code, scored, stderr = run_main(evaluate.main, ["--pred-dir", out, "--gt-dir", root / "gtFine" / "val", "--json"],
-                                    capsys)
+    code, scored, stderr = run_main(evaluate.main, ["--pred-dir", out, "--gt-dir", root / "gtFine" / "val", "--json"])
     assert code == 0, stderr
     dataset = CityscapesSegmentation(root, "val", eval_transforms())
     expected = tasks.get("segmentation").evaluate(model, DataLoader(dataset, batch_size=1), DataSettings(root=root), 19)
@@ -116,32 +105,32 @@ def test_sliding_with_flip_on_one_image(root, student, tmp_path):
     assert not np.array_equal(written, _expected_label_ids(model, source, EvalSettings()))
 
 
-def test_bad_input_exits_2_naming_the_path(root, student, tmp_path, capsys):
+def test_bad_input_exits_2_naming_the_path(root, student, tmp_path):
     _, path = student
     images = root / "leftImg8bit" / "val"
     out = tmp_path / "pred"
     missing = tmp_path / "nowhere"
-    assert str(missing) in _exit_line(capsys, ["--student", path, "--images", missing, "--out", out])
+    assert str(missing) in exit_2_line(main, ["--student", path, "--images", missing, "--out", out])
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert str(empty) in _exit_line(capsys, ["--student", path, "--images", empty, "--out", out])
+    assert str(empty) in exit_2_line(main, ["--student", path, "--images", empty, "--out", out])
     inside = images / "pred"
-    assert str(inside) in _exit_line(capsys, ["--student", path, "--images", images, "--out", inside])
-    assert str(images) in _exit_line(capsys, ["--student", path, "--images", images, "--out", images])
+    assert str(inside) in exit_2_line(main, ["--student", path, "--images", images, "--out", inside])
+    assert str(images) in exit_2_line(main, ["--student", path, "--images", images, "--out", images])
     assert not inside.exists()
     no_student = tmp_path / "student.pt"
-    assert str(no_student) in _exit_line(capsys, ["--student", no_student, "--images", images, "--out", out])
+    assert str(no_student) in exit_2_line(main, ["--student", no_student, "--images", images, "--out", out])
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    assert str(junk) in _exit_line(capsys, ["--student", junk, "--images", images, "--out", out])
-    assert str(junk) in _exit_line(capsys, ["--teacher", "deepwv3plus", "--checkpoint", junk, "--images", images,
+    assert str(junk) in exit_2_line(main, ["--student", junk, "--images", images, "--out", out])
+    assert str(junk) in exit_2_line(main, ["--teacher", "deepwv3plus", "--checkpoint", junk, "--images", images,
                                             "--out", out])
-    assert "nosuchnet" in _exit_line(capsys, ["--teacher", "nosuchnet", "--checkpoint", junk, "--images", images,
+    assert "nosuchnet" in exit_2_line(main, ["--teacher", "nosuchnet", "--checkpoint", junk, "--images", images,
                                               "--out", out])
     corrupt_dir = tmp_path / "corrupt"
     corrupt_dir.mkdir()
     corrupt = corrupt_dir / "broken.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    assert str(corrupt) in _exit_line(capsys, ["--student", path, "--images", corrupt_dir, "--out", out,
+    assert str(corrupt) in exit_2_line(main, ["--student", path, "--images", corrupt_dir, "--out", out,
                                                "--device", "cpu"])
     assert not out.exists() or not any(out.rglob("*.png"))

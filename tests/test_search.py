@@ -19,7 +19,7 @@ from cli import run_main
 from data.synthetic import generate
 from experiments import result_rows, state_of, study_states, tree, wait_for
 from processes import freeze_trials, thaw
-from search import run
+from search import retrain, run
 from search.lock import LOCK_FILE
 from trainable import models
 
@@ -94,8 +94,7 @@ def killed_and_resumed(workspace) -> dict:
     lock = experiment / LOCK_FILE
     try:
         wait_for(lambda: (experiment / "run.json").is_file() and lock.is_file() and lock.read_text(), driver, log)
-        second = subprocess.Popen(command("--resume", experiment), cwd=ROOT, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+        second = run_main(run.main, ["--resume", experiment])  # this process: another driver than the holder
         while True:
             wait_for(lambda: len(ended_trials(log)) >= 3 and running_with_checkpoint(experiment, ended_trials(log)),
                      driver, log)
@@ -110,7 +109,6 @@ def killed_and_resumed(workspace) -> dict:
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
-    second_out, second_err = second.communicate(timeout=SEARCH_TIMEOUT)
     truncated = running[0]
     checkpoint = max(truncated.glob("checkpoint_*/state.pt"))
     checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
@@ -122,7 +120,7 @@ def killed_and_resumed(workspace) -> dict:
                              timeout=SEARCH_TIMEOUT)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     return {"experiment": experiment, "ended": ended, "before": before, "trees": trees, "resumed": resumed,
-            "first_pid": driver.pid, "second": (second.returncode, second_out, second_err), "stale_lock": stale_lock,
+            "first_pid": driver.pid, "second": second, "stale_lock": stale_lock,
             "truncated": truncated, "truncated_rows": truncated_rows, "checkpoint": checkpoint}
 
 
@@ -207,10 +205,10 @@ def test_experiment_is_readable_by_ray(killed_and_resumed):
     assert tune.Tuner.can_restore(experiment)
 
 
-def test_resume_of_a_finished_search_says_so_and_runs_nothing(killed_and_resumed, capsys):
+def test_resume_of_a_finished_search_says_so_and_runs_nothing(killed_and_resumed):
     experiment = killed_and_resumed["experiment"]
     before = tree(experiment)
-    code, out, err = run_main(run.main, ["--resume", experiment], capsys)
+    code, out, err = run_main(run.main, ["--resume", experiment])
     assert code == 0, err
     assert "the search has finished" in out and "nothing to run" in out
     assert tree(experiment) == before  # no new trial folder, no file touched
@@ -218,11 +216,9 @@ def test_resume_of_a_finished_search_says_so_and_runs_nothing(killed_and_resumed
 
 def test_retrain_best_trial_then_load_and_evaluate_in_a_fresh_process(killed_and_resumed, workspace):
     out = workspace["tmp"] / "checkpoints"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "search" / "retrain.py"), str(killed_and_resumed["experiment"]), "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=SEARCH_TIMEOUT,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    code, stdout, stderr = run_main(retrain.main, [killed_and_resumed["experiment"], "--out", out, "--device", "cpu"])
+    assert code == 0, stdout + stderr
+    assert (out / "kill" / "student.onnx").is_file()  # exported beside student.pt by default
     folder = out / "kill"
     report = json.loads((folder / "eval.json").read_text())
     policy = json.loads((folder / "policy.json").read_text())
@@ -245,19 +241,18 @@ print(json.dumps({{"miou": result["miou"], "policy": meta["policy"]}}))
     assert measured["miou"] == pytest.approx(report["miou"], abs=1e-9)
 
 
-def test_existing_experiment_is_not_overwritten(killed_and_resumed, workspace, capsys):
-    code, _, err = run_main(run.main, ["--space", workspace["space"], "--name", "kill", "--storage", workspace["storage"]],
-                            capsys)
+def test_existing_experiment_is_not_overwritten(killed_and_resumed, workspace):
+    code, _, err = run_main(run.main, ["--space", workspace["space"], "--name", "kill", "--storage", workspace["storage"]])
     assert code == 2
     assert err.strip().count("\n") == 0 and "experiment exists" in err
 
 
-def test_trials_asking_for_more_gpus_than_there_are_are_refused(workspace, capsys):
+def test_trials_asking_for_more_gpus_than_there_are_are_refused(workspace):
     space = workspace["tmp"] / "gpu.yaml"
     raw = tiny_space(workspace["tmp"], workspace["tmp"] / "data", workspace["tmp"] / "teacher.pt")
     raw["search"]["resources"] = {"cpu": 1, "gpu": torch.cuda.device_count() + 1}  # one more than this machine has
     space.write_text(yaml.safe_dump(raw))
-    code, _, err = run_main(run.main, ["--space", space, "--storage", workspace["storage"]], capsys)
+    code, _, err = run_main(run.main, ["--space", space, "--storage", workspace["storage"]])
     assert code == 2
     assert err.startswith(f"error: {space}: search.resources.gpu:") and err.count("\n") == 1
     assert f"at most the {torch.cuda.device_count()} GPUs this machine has" in err
