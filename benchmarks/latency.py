@@ -11,21 +11,17 @@ Batch 1; `--threads` intra-op threads for both backends.
 """
 from __future__ import annotations
 
-import os
+import argparse
+from typing import Sequence
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads starve each other on a shared CPU
+import torch
 
-import argparse  # noqa: E402
-from typing import Sequence  # noqa: E402
-
-import torch  # noqa: E402
-
-from data.errors import InputError, run_cli  # noqa: E402
-from trainable.config import describe_device  # noqa: E402
-from trainable.inventory import convs, count_params  # noqa: E402
-from trainable.latency import measure_latency  # noqa: E402
-from trainable.models import build  # noqa: E402
-from trainable.surgery import apply_policy  # noqa: E402
+from data.errors import InputError, run_cli
+from trainable.config import describe_device
+from trainable.inventory import convs, count_params
+from trainable.latency import measure_latency
+from trainable.models import build
+from trainable.surgery import apply_policy
 
 ARCH = "deepwv3plus"
 

@@ -30,25 +30,21 @@ trials of 3 epochs, classification 12 trials of 2 epochs; inputs as in `benchmar
 """
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads starve each other on a shared CPU
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Sequence  # noqa: E402
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from search_cost import SPACES, Log, Search, _run, markdown, mean_sd, prepare_inputs, run_search, write_space  # noqa: E402
+from search_cost import SPACES, Log, Search, _run, markdown, mean_sd, prepare_inputs, run_search, write_space
 
-from data.errors import InputError, run_cli  # noqa: E402
-from search.choices import PolicyChoices, resolve_choices  # noqa: E402
-from search.space import load_space  # noqa: E402
-from trainable.config import DistillSettings  # noqa: E402
+from data.errors import InputError, run_cli
+from search.choices import PolicyChoices, resolve_choices
+from search.space import load_space
+from trainable.config import DistillSettings
 
 SEARCHERS = ("tpe", "nsga2", "random")
 DEFAULTS = {"demo": {"num_samples": 12, "epochs": 3}, "classification": {"num_samples": 12, "epochs": 2}}

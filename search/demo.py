@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -27,11 +26,6 @@ NAME = "demo"
 RUNS = Path("runs")
 DATA_ARGS = ["--train", "64", "--val", "16", "--extra", "96", "--size", "64", "128", "--seed", "0"]
 PARAM_SHARE, KEPT_SHARE = 0.6, 0.9
-
-
-# Idle OpenMP threads yield their core instead of spinning: on a machine shared with other jobs, spinning
-# threads of several processes slow each other down many times over.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def step(title: str, done: bool, args: list[str], timings: dict[str, float]) -> None:
