@@ -93,7 +93,9 @@ class TellingOptunaSearch(OptunaSearch):
     """Tells Optuna what happened: ASHA-stopped trials PRUNED and failed ones FAILED.
 
     Ray's OptunaSearch reports a stopped trial COMPLETE with its last value, and an errored trial with
-    whatever it reported last. `first` trials are enqueued before any sample, tagged `proposal: library`.
+    whatever it reported last; it also fails on results of a trial it does not know, which a resumed
+    search has when its driver was killed between two files of one snapshot (this one ignores them).
+    `first` trials are enqueued before any sample, tagged `proposal: library`.
     """
 
     def __init__(self, *args, first: list[dict] = (), **kwargs):
@@ -114,8 +116,17 @@ class TellingOptunaSearch(OptunaSearch):
             if trial.number not in held:
                 self._ot_study.tell(trial.number, state=TrialState.FAIL)
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._ot_trials:  # see on_trial_complete for the others
+            super().on_trial_result(trial_id, result)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id not in self._ot_trials:
+            # A trial the driver started after the searcher's last snapshot and before it was killed: Ray resumes it
+            # from the experiment's snapshot, but the study never had it (its stray was told FAILED on restore).
+            self._completed_trials.add(trial_id)
+            return
+        if trial_id in self._completed_trials:
             super().on_trial_complete(trial_id, result=result, error=error)
             return
         failed = error or (result is not None and result.get("error_reason") is not None)

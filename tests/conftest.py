@@ -6,6 +6,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+# Idle OpenMP threads yield the core: a test's subprocess searches (a driver and Ray workers) share the 2 cores
+# with this process, and spinning threads slowed them by a fifth.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 import torch
 

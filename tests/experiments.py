@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import optuna
 import pytest
@@ -55,3 +56,49 @@ def wait_for(condition: Callable[[], object], process: subprocess.Popen, log: Pa
             pytest.fail(f"driver ended (rc {process.returncode}) before the awaited state:\n{log.read_text()}")
         time.sleep(0.05)
     pytest.fail(f"timed out waiting:\n{log.read_text()}")
+
+
+def snapshot_trials(text: str) -> dict[str, tuple[str, int]]:
+    """A Ray experiment snapshot (`experiment_state-*.json`): each trial's status and its last reported iteration
+    (0 before its first report); empty for a snapshot being written."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    trials = {}
+    for state, runtime in data["trial_data"]:
+        state, runtime = json.loads(state), json.loads(runtime)
+        trials[state["trial_id"]] = (state["status"], (runtime.get("last_result") or {}).get("training_iteration", 0))
+    return trials
+
+
+def created_trials(state: bytes) -> int:
+    """How many trials Tune's trial generator had created, from its snapshot (`search_gen_state-*.json`, a pickle);
+    -1 for a snapshot being written."""
+    try:
+        return int(pickle.loads(state)["counter"])
+    except Exception:  # a partly written pickle fails in many ways
+        return -1
+
+
+def local_snapshot(experiment: Path) -> dict[str, tuple[str, int]]:
+    """The newest snapshot the driver wrote into a local experiment folder; empty unless its trial generator's
+    snapshot counts the same trials (a driver killed between the two files would resume with other counts)."""
+    return consistent(*(max(experiment.glob(f"{kind}-*.json"), key=lambda path: path.stat().st_mtime_ns, default=None)
+                        for kind in ("experiment_state", "search_gen_state")))
+
+
+def consistent(experiment_state: Path | bytes | None, generator_state: Path | bytes | None) -> dict[str, tuple[str, int]]:
+    """The trials of an experiment snapshot when the trial generator's snapshot counts as many, else empty."""
+    if experiment_state is None or generator_state is None:
+        return {}
+    read = lambda state: state.read_bytes() if isinstance(state, Path) else state  # noqa: E731
+    trials = snapshot_trials(read(experiment_state).decode())
+    return trials if created_trials(read(generator_state)) == len(trials) else {}
+
+
+def recorded(snapshot: dict[str, tuple[str, int]], ended: Iterable[str], running: dict[str, int] | None = None) -> bool:
+    """The snapshot holds the `ended` trials as TERMINATED and each `running` one at (at least) its reported epoch,
+    so a resume neither runs the first again nor misses the second's checkpoint."""
+    return (all(snapshot.get(trial, ("", 0))[0] == "TERMINATED" for trial in ended)
+            and all(snapshot.get(trial, ("", 0))[1] >= epoch for trial, epoch in (running or {}).items()))

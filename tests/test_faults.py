@@ -204,6 +204,10 @@ def test_optuna_trials_a_killed_driver_asked_for_after_its_last_snapshot_are_tol
     assert states == ["RUNNING", "FAIL"]  # the held trial resumes with its Ray trial; the stray is closed
     restored.on_trial_complete("held", {"score": 0.5, "epoch": 3, "epochs_total": 3, "error_reason": None})
     assert [t.state.name for t in optuna.load_study(study_name="plugkd", storage=url).trials] == ["COMPLETE", "FAIL"]
+    # Ray resumes a trial the searcher's last snapshot lacks (the driver died between the two files): it is ignored.
+    restored.on_trial_result("unknown", {"score": 0.4, "training_iteration": 1})
+    restored.on_trial_complete("unknown", {"score": 0.4, "epoch": 3, "epochs_total": 3, "error_reason": None})
+    assert [t.state.name for t in optuna.load_study(study_name="plugkd", storage=url).trials] == ["COMPLETE", "FAIL"]
 
 
 # --- a full disk under every writer --------------------------------------------------------------------

@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from data.synthetic import generate
+from experiments import consistent, recorded
 from processes import freeze_trials
 from trainable import models
 
@@ -53,6 +54,13 @@ def objects(client, prefix: str) -> dict[str, bytes]:
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
     keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
     return {key: client.get_object(Bucket=BUCKET, Key=key)["Body"].read() for key in keys}
+
+
+def bucket_snapshot(client) -> dict[str, tuple[str, int]]:
+    """The newest snapshot the driver wrote into the bucket (empty while its files disagree)."""
+    newest = [max(found.items())[1] if found else None
+              for found in (objects(client, f"runs/n/{kind}-") for kind in ("experiment_state", "search_gen_state"))]
+    return consistent(*newest)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +99,8 @@ def searched(tmp_path_factory, s3) -> dict:
             if len(ended) >= 2 or time.monotonic() > deadline:
                 break
         freeze_trials(driver.pid)  # the running trials can end no more: the search is unfinished when it is killed
-        time.sleep(4)  # two of Ray's experiment snapshots (TUNE_GLOBAL_CHECKPOINT_S=2) reach the bucket
+        while not recorded(bucket_snapshot(s3["client"]), ended) and time.monotonic() < deadline:
+            time.sleep(0.2)  # until Ray's next experiment snapshot in the bucket holds the ended trials
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()

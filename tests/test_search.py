@@ -17,7 +17,7 @@ import yaml
 
 from cli import run_main
 from data.synthetic import generate
-from experiments import result_rows, state_of, study_states, tree, wait_for
+from experiments import local_snapshot, recorded, result_rows, state_of, study_states, tree, wait_for
 from processes import freeze_trials, thaw
 from search import retrain, run
 from search.lock import LOCK_FILE
@@ -84,8 +84,8 @@ def running_with_checkpoint(experiment: Path, ended: dict[str, str]) -> list[Pat
 def killed_and_resumed(workspace) -> dict:
     """One search through what a cluster does to its driver. While it runs, a second driver tries the experiment.
     Once three trials have ended and another has reported (so holds a checkpoint), every trial is frozen (SIGSTOP:
-    nothing more ends, while the driver's snapshots record the checkpoints), the driver's whole process group is
-    SIGKILLed, the running trial's checkpoint is truncated, and the search is resumed to its end."""
+    nothing more ends); once the driver's next snapshot holds them, its whole process group is SIGKILLed, the running
+    trial's checkpoint is truncated, and the search is resumed to its end."""
     experiment = workspace["storage"] / "kill"
     log = workspace["tmp"] / "kill.log"
     with log.open("w") as out:
@@ -105,11 +105,12 @@ def killed_and_resumed(workspace) -> dict:
             if running:
                 break
             thaw(frozen)  # that trial ended meanwhile: wait for the next one
-        time.sleep(3)  # Ray's experiment snapshots (TUNE_GLOBAL_CHECKPOINT_S=2) record the frozen trials' checkpoints
+        truncated = running[0]
+        reported = {truncated.name.removeprefix("trial_"): len(result_rows(truncated))}
+        wait_for(lambda: recorded(local_snapshot(experiment), ended, reported), driver, log)  # Ray's next snapshot
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
-    truncated = running[0]
     checkpoint = max(truncated.glob("checkpoint_*/state.pt"))
     checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
     stale_lock = lock.read_text()
