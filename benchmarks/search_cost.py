@@ -214,7 +214,7 @@ def run_search(space: Path, storage: Path, name: str, label: str, seed: int, log
 def build_library(space: Path, log_path: Path) -> float:
     """Seconds of the library build (training and scoring) as `search/library.py` prints them."""
     _, text = _run([sys.executable, "search/library.py", "--space", str(space)], log_path)
-    found = re.search(r"plug library: \d+ plugs in .* \((\d+)s\)", text)
+    found = re.search(r"plug library: \d+ plugs in .* \(([\d.]+)s\)", text)
     if found is None:
         raise InputError(f"{log_path}: no 'plug library: N plugs in ... (Ns)' line")
     return float(found.group(1))
@@ -253,7 +253,7 @@ def bench_space(key: str, args: argparse.Namespace, log: Log) -> dict[str, Any]:
     with_lib = write_space(source, work / "space_library.yaml", {**base, "library": library, "distill.init": "library"})
     log(f"{key}: building the plug library ({library['epochs']} epochs)")
     build_s = build_library(with_lib, work / "library.log")
-    log(f"{key}: library built in {build_s:.0f}s")
+    log(f"{key}: library built in {build_s:.1f}s")
     plain, lib = [], []
     for seed in range(args.seeds):
         seeded = {**base, "search.seed": seed, "distill.seed": seed}
@@ -316,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = f"median {statistics.median(reached):.2f}" if len(reached) == len(result["ratios"]) else \
             f"{len(result['ratios']) - len(reached)} of {len(result['ratios'])} seeds never reach it"
         lines.append(f"{key}: compute to reach the no-library search's final hypervolume, over the no-library "
-                     f"search's compute, per seed: {shown} ({summary}; target <= 0.33). Library build {result['build_s']:.0f}s; "
+                     f"search's compute, per seed: {shown} ({summary}; target <= 0.33). Library build {result['build_s']:.1f}s; "
                      f"budgets (trial-epochs) {', '.join(f'{b:.1f}' for b in result['budgets'])}")
     elapsed = time.monotonic() - started
     lines.append(f"total {elapsed:.0f}s")

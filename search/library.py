@@ -78,7 +78,7 @@ def build_library(space: Space, teacher: torch.nn.Module, choices: PolicyChoices
 
     table = plugs_table(teacher, wanted, lambda: (images for images, _ in val_batches()), score_fn, device, cache)
     seconds = time.monotonic() - started
-    print(f"plug library: {len(table)} plugs in {cache.folder} ({seconds:.0f}s)", flush=True)
+    print(f"plug library: {len(table)} plugs in {cache.folder} ({seconds:.1f}s)", flush=True)
     return Library(cache, table, seconds)
 
 
