@@ -22,6 +22,11 @@ library search's own mean trial seconds per trial-epoch (sum of `wall_s` over su
 the same minutes as the build). Trials are taken in creation order (`trials.parquet` order); the library
 search's curve starts at the build's cost.
 
+The build's training rate (images per epoch times epochs over its training seconds, as `search/library.py`
+prints it) is set against the teacher's forward alone over the same images on the same device (in bf16
+autocast and channels_last on CUDA, as the build runs it): one teacher forward per image per epoch is the
+physical floor of the build's time, so the ratio says what training every plug at once adds to it.
+
 Hypervolume is that of `analysis` (params down, the task's score up, reference point the teacher's params
 and a score of 0, divided by the teacher's params), after budgets of 1/4, 1/2, 3/4 and all of the
 no-library search's total compute (mean over seeds); a search that ended before a budget keeps its final
@@ -211,13 +216,29 @@ def run_search(space: Path, storage: Path, name: str, label: str, seed: int, log
     return result
 
 
-def build_library(space: Path, log_path: Path) -> float:
-    """Seconds of the library build (training and scoring) as `search/library.py` prints them."""
+def build_library(space: Path, log_path: Path) -> tuple[float, float]:
+    """Seconds of the library build (training and scoring) and its training rate in images/s, as
+    `search/library.py` prints them."""
     _, text = _run([sys.executable, "search/library.py", "--space", str(space)], log_path)
-    found = re.search(r"plug library: \d+ plugs in .* \(([\d.]+)s\)", text)
-    if found is None:
-        raise InputError(f"{log_path}: no 'plug library: N plugs in ... (Ns)' line")
-    return float(found.group(1))
+    seconds = re.search(r"plug library: \d+ plugs in .* \(([\d.]+)s\)", text)
+    rate = re.search(r"plug library: trained .*: ([\d.]+) images/s", text)
+    if seconds is None or rate is None:
+        raise InputError(f"{log_path}: expected the lines 'plug library: trained ...: R images/s' and "
+                         "'plug library: N plugs in ... (Ns)'")
+    return float(seconds.group(1)), float(rate.group(1))
+
+
+def teacher_rate(space_path: Path) -> tuple[float, str]:
+    """Images/s of the teacher's forward alone over the library's images, as the build runs it (the ceiling of
+    the build's rate), and the device it ran on."""
+    from search.library import library_images
+    from search.space import load_space
+    from trainable.config import describe_device, pick_device
+    from trainable.library import teacher_forward_rate
+
+    space = load_space(space_path)
+    device = pick_device()
+    return teacher_forward_rate(space.teacher.build(), library_images(space), device), describe_device(device)
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -252,8 +273,10 @@ def bench_space(key: str, args: argparse.Namespace, log: Log) -> dict[str, Any]:
     base = {**inputs, "distill.epochs": epochs, "search.num_samples": num_samples}
     with_lib = write_space(source, work / "space_library.yaml", {**base, "library": library, "distill.init": "library"})
     log(f"{key}: building the plug library ({library['epochs']} epochs)")
-    build_s = build_library(with_lib, work / "library.log")
-    log(f"{key}: library built in {build_s:.1f}s")
+    build_s, build_rate = build_library(with_lib, work / "library.log")
+    floor_rate, device = teacher_rate(with_lib)
+    log(f"{key}: library built in {build_s:.1f}s; its training {build_rate:.1f} images/s, the teacher's forward "
+        f"alone {floor_rate:.1f} images/s on {device}")
     plain, lib = [], []
     for seed in range(args.seeds):
         seeded = {**base, "search.seed": seed, "distill.seed": seed}
@@ -286,7 +309,8 @@ def bench_space(key: str, args: argparse.Namespace, log: Log) -> dict[str, Any]:
     for run, base_run in zip(lib, plain):
         reached = run.reach(base_run.hv())
         ratios.append(None if reached is None else reached / base_run.total)
-    return {"rows": rows, "records": records, "ratios": ratios, "build_s": build_s, "budgets": budgets}
+    return {"rows": rows, "records": records, "ratios": ratios, "build_s": build_s, "budgets": budgets,
+            "build_images_per_s": build_rate, "teacher_images_per_s": floor_rate, "device": device}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -318,6 +342,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         lines.append(f"{key}: compute to reach the no-library search's final hypervolume, over the no-library "
                      f"search's compute, per seed: {shown} ({summary}; target <= 0.33). Library build {result['build_s']:.1f}s; "
                      f"budgets (trial-epochs) {', '.join(f'{b:.1f}' for b in result['budgets'])}")
+        lines.append(f"{key}: library training {result['build_images_per_s']:.1f} images/s against the teacher's "
+                     f"forward alone {result['teacher_images_per_s']:.1f} images/s "
+                     f"({result['build_images_per_s'] / result['teacher_images_per_s']:.2f} of it) on {result['device']}")
     elapsed = time.monotonic() - started
     lines.append(f"total {elapsed:.0f}s")
     report = "\n".join(lines)

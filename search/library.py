@@ -12,10 +12,11 @@ import argparse
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pandas as pd
 import torch
+from torch.utils.data import DataLoader
 
 from data.errors import InputError, run_cli
 from search.choices import PolicyChoices, resolve_choices
@@ -51,21 +52,25 @@ def layer_ops(choices: PolicyChoices) -> dict[str, list[str]]:
     return {layer: [op for op in choice.ops if op != "keep"] for choice in choices.choices for layer in choice.layers}
 
 
+def library_images(space: Space) -> Callable[[], DataLoader]:
+    """The unlabeled images the library trains on: each call, one epoch in a new order."""
+    data = replace(space.data, batch_size=space.library.batch_size)
+    unlabeled = unlabeled_set(data)
+    epoch = iter(range(1 << 30))
+    return lambda: train_loader(unlabeled, data, space.distill.seed * 7919 + next(epoch))
+
+
 def build_library(space: Space, teacher: torch.nn.Module, choices: PolicyChoices, device: torch.device,
                   progress: bool = True) -> Library:
     """Train what the cache lacks, score what the table lacks; returns the library."""
     settings = space.library
     if settings is None:
         raise InputError(f"{space.path}: library: missing section; expected {{epochs, lr, batch_size, cache}}")
-    data = replace(space.data, batch_size=settings.batch_size)
-    names = [str(data.root / folder) for folder in data.unlabeled]
+    names = [str(space.data.root / folder) for folder in space.data.unlabeled]
     cache = PlugCache.of(teacher, names, settings)
-    unlabeled = unlabeled_set(data)
-    epoch = iter(range(1 << 30))
     wanted = layer_ops(choices)
     started = time.monotonic()
-    train_plugs(teacher, wanted, lambda: train_loader(unlabeled, data, space.distill.seed * 7919 + next(epoch)),
-                settings, device, cache, progress=progress)
+    train_plugs(teacher, wanted, library_images(space), settings, device, cache, progress=progress)
     task = space.task
     val = val_loader(space.data, task.eval_batch_size(space.data))
     classes = output_classes(teacher, space.input_size)

@@ -1,6 +1,7 @@
 """The plug library: training, content-addressed cache (reuse, resume, corruption) and the plugs table."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +15,7 @@ from trainable.inventory import convs, measure
 from trainable.loaders import kept_in_memory, same_shape_batches
 from trainable.library import (
     TABLE_COLUMNS, LibrarySettings, PlugCache, chunk_layers, load_plug, local_errors, plugs_table, teacher_hash,
-    train_plugs,
+    teacher_forward_rate, train_plugs,
 )
 from trainable.ops import make_op, op_params
 from trainable.surgery import apply_policy
@@ -67,9 +68,9 @@ def _settings(tmp_path: Path, **changes) -> LibrarySettings:
     return LibrarySettings(**{"epochs": 2, "lr": 1e-2, "batch_size": 4, "cache": tmp_path / "library", **changes})
 
 
-def _build(teacher: nn.Module, settings: LibrarySettings, loader=None) -> dict:
+def _build(teacher: nn.Module, settings: LibrarySettings, loader=None, log=print) -> dict:
     cache = PlugCache.of(teacher, DATA, settings)
-    return train_plugs(teacher, LAYER_OPS, loader or Loader(TRAIN), settings, CPU, cache, progress=False)
+    return train_plugs(teacher, LAYER_OPS, loader or Loader(TRAIN), settings, CPU, cache, progress=False, log=log)
 
 
 def _mtimes(paths) -> dict[Path, int]:
@@ -92,13 +93,23 @@ def trained_keys(monkeypatch) -> list:
 
 def test_second_build_trains_nothing(tmp_path: Path) -> None:
     teacher, settings = _teacher(), _settings(tmp_path)
-    paths = _build(teacher, settings)
+    lines: list[str] = []
+    paths = _build(teacher, settings, log=lines.append)
     assert sorted(paths) == sorted(PLUGS) and all(p.is_file() for p in paths.values())
     assert {p.parent for p in paths.values()} == {settings.cache / teacher_hash(teacher)}
+    assert len(lines) == 1 and re.fullmatch(r"plug library: trained 5 plugs \(1 chunk\(s\), 2 epoch\(s\) of 16 images\) "
+                                            r"in [\d.]+s: [\d.]+ images/s", lines[0]), lines
     before = _mtimes(paths.values())
     loader = Loader(TRAIN)
-    assert _build(teacher, settings, loader) == paths
-    assert loader.calls == 0 and _mtimes(paths.values()) == before
+    assert _build(teacher, settings, loader, log=lines.append) == paths
+    assert loader.calls == 0 and _mtimes(paths.values()) == before and len(lines) == 1
+
+
+def test_teacher_forward_rate_counts_every_image_and_restores_the_mode() -> None:
+    teacher = _teacher().train()
+    loader = Loader(TRAIN)
+    assert teacher_forward_rate(teacher, loader, CPU) > 0
+    assert loader.calls == 2 and teacher.training  # one warm-up batch, then one pass
 
 
 def test_interrupted_build_resumes_with_the_missing_plugs(tmp_path: Path, trained_keys: list) -> None:

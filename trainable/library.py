@@ -32,6 +32,7 @@ import io
 import json
 import math
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -326,8 +327,10 @@ def _capture(store: dict[str, tuple[Tensor, Tensor]]) -> Callable[[str], Callabl
 def _train_chunk(
     teacher: nn.Module, keys: Sequence[PlugKey], images: Images, cache: PlugCache, device: torch.device,
     batches: int, progress: bool, label: str,
-) -> dict[PlugKey, Plug]:
-    """Train the plugs of one chunk of layers together over all epochs: one teacher pass per batch."""
+) -> tuple[dict[PlugKey, Plug], int]:
+    """Train the plugs of one chunk of layers together over all epochs: one teacher pass per batch.
+
+    Returns the plugs and how many images went through the teacher."""
     named = convs(teacher)
     settings = cache.settings
     plugs = {(layer, op): _new_plug(named[layer], op, int(cache.key(layer, op)[:15], 16), device) for layer, op in keys}
@@ -336,13 +339,16 @@ def _train_chunk(
                  for key, opt in optimizers.items()}
     captured: dict[str, tuple[Tensor, Tensor]] = {}
     show = progress and sys.stderr.isatty()
+    seen = 0
     with _hooks(named, dict.fromkeys(layer for layer, _ in keys), _capture(captured)):
         for epoch in range(settings.epochs):
             bar = tqdm(images(), total=batches, desc=f"plugs {label} epoch {epoch + 1}/{settings.epochs}",
                        disable=not show, leave=False)
             for batch in bar:
+                image = _to_device(_image(batch), device)
                 with torch.no_grad(), autocast(device):
-                    teacher(_to_device(_image(batch), device))
+                    teacher(image)
+                seen += image.shape[0]
                 for key, plug in plugs.items():
                     inputs, target = captured[key[0]]
                     with autocast(device):
@@ -353,12 +359,12 @@ def _train_chunk(
                     optimizers[key].step()
                     schedules[key].step()
                 captured.clear()
-    return plugs
+    return plugs, seen
 
 
 def train_plugs(
     teacher: nn.Module, layer_ops: Mapping[str, Sequence[str]], images: Images, settings: LibrarySettings,
-    device: torch.device, cache: PlugCache, progress: bool = True,
+    device: torch.device, cache: PlugCache, progress: bool = True, log: Callable[[str], None] = print,
 ) -> dict[PlugKey, Path]:
     """Train every (layer, op) plug but keep that the cache lacks; returns the cache file of each.
 
@@ -366,7 +372,9 @@ def train_plugs(
     tensor) of `settings.batch_size` images; it is called once per epoch per chunk, plus once to
     probe the first batch's shape (and once to count batches if it has no len()). The teacher is
     moved to `device` (channels_last on CUDA); its train/eval modes are restored on return. `settings`
-    must be the ones `cache` was made with (ValueError otherwise).
+    must be the ones `cache` was made with (ValueError otherwise). When it trained something, `log`
+    gets one line with the build's rate: images per epoch times epochs over the training seconds
+    (at most `teacher_forward_rate`, the rate of one teacher forward per image per epoch).
     """
     if settings.training_fields() != cache.settings.training_fields():
         raise ValueError(f"train_plugs: settings {settings.training_fields()} differ from the cache's "
@@ -382,12 +390,38 @@ def train_plugs(
             sizes = probe(teacher, _first_batch(images), layers, device)
             chunks = chunk_layers({layer: sizes[layer][1] for layer in layers}, settings.max_activation_bytes)
             batches = _batches_per_epoch(images)
+            started, seen = time.perf_counter(), 0
             for i, chunk in enumerate(chunks):
                 keys = [key for key in todo if key[0] in chunk]
-                plugs = _train_chunk(teacher, keys, images, cache, device, batches, progress, f"{i + 1}/{len(chunks)}")
+                plugs, images_seen = _train_chunk(teacher, keys, images, cache, device, batches, progress,
+                                                  f"{i + 1}/{len(chunks)}")
+                seen += images_seen
                 for (layer, op), plug in plugs.items():
                     cache.save(layer, op, plug)
+            seconds = time.perf_counter() - started
+        per_epoch = seen // (len(chunks) * settings.epochs)
+        log(f"plug library: trained {len(todo)} plugs ({len(chunks)} chunk(s), {settings.epochs} epoch(s) of {per_epoch} "
+            f"images) in {seconds:.1f}s: {settings.epochs * per_epoch / seconds:.1f} images/s")
     return {key: cache.path(*key) for key in wanted}
+
+
+@torch.no_grad()
+def teacher_forward_rate(teacher: nn.Module, images: Images, device: torch.device) -> float:
+    """Images/s of one pass of `images()` through the teacher alone, as `train_plugs` runs it (eval mode, no grad,
+    autocast and channels_last on CUDA), after one warm-up batch: the floor of a build's rate."""
+    device = torch.device(device)
+    _prepare(teacher, device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    with _eval_mode(teacher), autocast(device):
+        teacher(_to_device(_first_batch(images), device))
+        sync()
+        started, seen = time.perf_counter(), 0
+        for batch in images():
+            image = _to_device(_image(batch), device)
+            teacher(image)
+            seen += image.shape[0]
+        sync()
+    return seen / (time.perf_counter() - started)
 
 
 @torch.no_grad()
