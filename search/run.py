@@ -229,7 +229,7 @@ def new_tuner(space: Space, choices: PolicyChoices, experiment: Location, num_sa
             scheduler=make_scheduler(space),
             num_samples=num_samples,
             max_concurrent_trials=space.search.max_concurrent,
-            reuse_actors=True,
+            reuse_actors=space.search.reuse_actors,
             trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(

@@ -77,6 +77,7 @@ class SearchSettings:
     objectives: tuple[str, ...] = ()  # what a multi-objective searcher optimises; () = params and the score
     proposals: int = 4  # first trials the plug library's solver proposes (budgets spread over the feasible range)
     max_failures: int = 2  # retries of a trial whose worker died (from its last checkpoint)
+    reuse_actors: bool = True  # a finished trial's worker process runs the next trial (no new imports)
 
 
 @dataclass(frozen=True)
@@ -486,6 +487,7 @@ def _search(s: _Section, epochs: int, task: tasks.Task, num_classes: int | None)
         objectives=tuple(s.get("objectives", _list(_text(*COSTS, *metrics), distinct=True), ["params", score])),
         max_failures=s.get("max_failures", _int(0), d("max_failures")),
         proposals=s.get("proposals", _int(0), d("proposals")),
+        reuse_actors=s.get("reuse_actors", _FLAG, d("reuse_actors")),
     )
 
 
@@ -523,7 +525,7 @@ _FIELDS = {
     "policy": ("groups", "budget"),
     "distill": tuple(_DISTILL),
     "search": ("num_samples", "searcher", "scheduler", "score", "resources", "max_concurrent", "seed", "retrain_epochs",
-               "objectives", "max_failures", "proposals"),
+               "objectives", "max_failures", "proposals", "reuse_actors"),
     "library": ("epochs", "lr", "batch_size", "cache", "max_activation_bytes"),
     "latency": ("backend", "batch", "warmup", "runs"),
 }

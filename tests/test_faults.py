@@ -150,14 +150,15 @@ def test_asha_counts_epochs_so_a_resumed_trial_is_judged_by_its_epoch(workspace,
 def test_exceptions_in_trials_on_a_two_node_cluster_are_their_error_reasons_and_the_search_goes_on(workspace):
     """A truncated image among the unlabeled ones (a half-copied file): every trial reads it in its first epoch. The
     search runs on a two-node cluster of one CPU per node, two trials at a time: Tune asks for both trials' actors at
-    once (its pending limit is max_concurrent), so each node runs one, and each error travels back from its node."""
+    once (its pending limit is max_concurrent), so each node runs one, and each error travels back from its node.
+    Actors are not reused: a reused actor of the first trial to fail would run the second one on the same node."""
     from ray.cluster_utils import Cluster
 
     data = workspace / "broken_data"
     shutil.copytree(workspace / "data", data)
     bad = sorted((data / "leftImg8bit" / "train_extra").rglob("*.png"))[3]
     bad.write_bytes(bad.read_bytes()[:200])
-    raw = fault_space(workspace, data, {"epochs": 1}, num_samples=2)
+    raw = fault_space(workspace, data, {"epochs": 1}, num_samples=2, reuse_actors=False)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     try:
         cluster.add_node(num_cpus=1)

@@ -121,6 +121,7 @@ BROKEN = [
     ("negative gpu", _set("search", "resources", {"cpu": 1, "gpu": -1}), "search.resources.gpu"),
     ("unknown resource", _set("search", "resources", {"cpu": 1, "tpu": 1}), "search.resources.tpu: unknown field"),
     ("unknown searcher", _set("search", "searcher", "grid"), "search.searcher"),
+    ("reuse_actors not a flag", _set("search", "reuse_actors", "yes"), "search.reuse_actors: expected true or false"),
     ("missing checkpoint", edit(lambda s: s["teacher"].__setitem__("checkpoint", "nowhere/teacher.pt")),
      "teacher.checkpoint"),
 ]

@@ -408,7 +408,7 @@ def train_plugs(
 @torch.no_grad()
 def teacher_forward_rate(teacher: nn.Module, images: Images, device: torch.device) -> float:
     """Images/s of one pass of `images()` through the teacher alone, as `train_plugs` runs it (eval mode, no grad,
-    autocast and channels_last on CUDA), after one warm-up batch: the floor of a build's rate."""
+    autocast and channels_last on CUDA), after one warm-up batch: the ceiling of a build's rate."""
     device = torch.device(device)
     _prepare(teacher, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None

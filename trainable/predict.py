@@ -37,9 +37,9 @@ from data.transforms import classification_eval_transforms, normalize
 from trainable.config import TeacherSettings, pick_device
 from trainable.evaluate import infer_logits
 from trainable.models import info, is_zoo
+from trainable.precision import autocast
 from trainable.surgery import load_student
 from trainable.tasks import read_logits
-from trainable.precision import autocast
 
 _TO_LABEL_ID = torch.from_numpy(train_to_label_lut())
 CSV_NAME = "predictions.csv"

@@ -23,8 +23,8 @@ from data.labels import IGNORE_INDEX
 from data.settings import DataSettings
 from trainable import losses
 from trainable.evaluate import class_names, confusion_matrix, infer_logits, iou_per_class, mean_iou
-from trainable.visualize import prediction_grid
 from trainable.precision import autocast
+from trainable.visualize import prediction_grid
 
 
 @dataclass
