@@ -17,7 +17,9 @@ test: setup
 	$(PY) -m pytest -q --durations=15
 
 demo: setup
-	$(PY) search/demo.py
+	$(PY) search/demo.py --task segmentation
+	$(PY) search/demo.py --task classification
 
+# The demos' outputs: data, experiments, and teachers, students and plug libraries (checkpoints/demo*/).
 clean:
-	rm -rf runs data/synthetic checkpoints/demo
+	rm -rf runs data/synthetic data/synthetic_shapes checkpoints/demo checkpoints/demo_classification

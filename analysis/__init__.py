@@ -3,13 +3,11 @@
 Everything is keyed by the experiment's score metric, named in its teacher.json (mIoU for older experiments).
 """
 from analysis.agreement import Agreement, drop_agreement, latency_agreement, spearman
-from analysis.front import MEASURED_STATUSES, X_AXES, hypervolume, knee_index, measured, pareto_front, pareto_mask
+from analysis.front import hypervolume, knee_index, measured, pareto_front, pareto_mask
 from analysis.library import drop_table, layer_sensitivity, load_library
 from analysis.load import Experiment, load_curves, load_experiment, load_reference
 
 __all__ = [
-    "MEASURED_STATUSES",
-    "X_AXES",
     "Agreement",
     "Experiment",
     "drop_agreement",

@@ -6,24 +6,26 @@ import contextlib
 from pathlib import Path
 from typing import Sequence
 
-from analysis.agreement import drop_agreement, latency_agreement
-from analysis.front import X_AXES, hypervolume, knee_index, measured, pareto_front
+from analysis.agreement import drop_agreement, latency_agreement, solo_rankings
+from analysis.front import hypervolume, knee_index, measured, pareto_front
 from analysis.library import load_library
 from analysis.load import Experiment, load_curves, load_experiment, load_reference
 from analysis.plots import FrontLine, plot_compare, plot_curves, plot_layers, plot_pareto, plot_sensitivity
 from analysis.policy import layer_usage
 from analysis.remote import is_uri, staged
 from analysis.report import (comparison_statement, display_table, drop_statement, error_statement, front_csv,
-                             latency_statement, retries_statement, write_report)
+                             latency_statement, ranking_statement, retries_statement, write_report)
 from data.errors import InputError, run_cli
 from data.files import write_text_atomic
+from data.names import (COMPARE_PLOT, COSTS, CURVES_PLOT, FRONT_CSV, FRONT_PLOT, LAYERS_PLOT, PARAMS, REPORT_FILE, RUN_FILE,
+                        SENSITIVITY_PLOT, TRIALS_FILE)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__)
-    parser.add_argument("experiment", help="experiment folder holding trials.parquet, or its s3:// URI (outputs are "
-                                           "written beside trials.parquet, in the bucket for a URI)")
-    parser.add_argument("--x", choices=X_AXES, default="params", help="cost axis of the front (default params)")
+    parser.add_argument("experiment", help=f"experiment folder holding {TRIALS_FILE}, or its s3:// URI (outputs are "
+                                           f"written beside {TRIALS_FILE}, in the bucket for a URI)")
+    parser.add_argument("--x", choices=COSTS, default=PARAMS, help=f"cost axis of the front (default {PARAMS})")
     parser.add_argument("--reference", type=Path, metavar="FILE.csv",
                         help="reference students: columns name, params and the experiment's metric (a column "
                              "named after it, or score; fraction 0..1 or percent), optional flops, latency_ms")
@@ -77,19 +79,19 @@ def _analyse(args: argparse.Namespace, where: str) -> int:
     front = pareto_front(exp.trials, x, metric)
     hv = hypervolume(front[x], front[metric], ref_x) / ref_x
     knee_id = str(front["trial_id"].iloc[knee_index(front[x], front[metric])])
-    written = ["pareto.csv", "pareto.png", "curves.png", "layers.png", "report.md"]
-    write_text_atomic(exp.path / "pareto.csv", front_csv(exp, front).to_csv(index=False))
-    plot_pareto(exp, front, x, exp.path / "pareto.png", reference, knee_id)
-    plot_curves(exp, load_curves(exp.path, metric), set(front["trial_id"]), exp.path / "curves.png")
+    written = [FRONT_CSV, FRONT_PLOT, CURVES_PLOT, LAYERS_PLOT, REPORT_FILE]
+    write_text_atomic(exp.path / FRONT_CSV, front_csv(exp, front).to_csv(index=False))
+    plot_pareto(exp, front, x, exp.path / FRONT_PLOT, reference, knee_id)
+    plot_curves(exp, load_curves(exp.path, metric), set(front["trial_id"]), exp.path / CURVES_PLOT)
     scores = measured(exp.trials, x, metric)[metric].reindex(exp.trials.index)
-    plot_layers(layer_usage(exp.policies, scores, front.index), len(front), exp.metric_label, exp.path / "layers.png")
+    plot_layers(layer_usage(exp.policies, scores, front.index), len(front), exp.metric_label, exp.path / LAYERS_PLOT)
     if lines:
-        plot_compare(lines, x, exp.metric_label, exp.path / "compare.png")
-        written.append("compare.png")
+        plot_compare(lines, x, exp.metric_label, exp.path / COMPARE_PLOT)
+        written.append(COMPARE_PLOT)
     if plugs is not None:
-        plot_sensitivity(plugs, exp.metric_label, exp.path / "sensitivity.png")
-        written.append("sensitivity.png")
-    write_report(exp.path / "report.md", exp, front, x, hv, knee_id, lines, plugs)
+        plot_sensitivity(plugs, exp.metric_label, exp.path / SENSITIVITY_PLOT)
+        written.append(SENSITIVITY_PLOT)
+    write_report(exp.path / REPORT_FILE, exp, front, x, hv, knee_id, lines, plugs)
     print(display_table(exp, front).to_string(index=False))
     print(f"\n{len(front)} of {len(measured(exp.trials, x, metric))} measured trials on the front "
           f"({x} down, {exp.metric_label} up); hypervolume {hv:.4f}; knee {knee_id}")
@@ -102,8 +104,11 @@ def _analyse(args: argparse.Namespace, where: str) -> int:
     drop = drop_agreement(exp.trials, metric, exp.teacher_score)
     if drop:
         notes.append(drop_statement(drop, exp.metric_label))
+    if plugs is not None:
+        notes.append(ranking_statement(solo_rankings(exp.trials, exp.policies, plugs, metric, exp.teacher_score),
+                                       exp.metric_label))
     if exp.library is not None and plugs is None:
-        notes.append(f"plug library {exp.library} (named by run.json) not found; no sensitivity.png")
+        notes.append(f"plug library {exp.library} (named by {RUN_FILE}) not found; no {SENSITIVITY_PLOT}")
     print("\n".join(note for note in notes if note))
     print(f"wrote {', '.join(written)} into {where}")
     return 0

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.front import measured
+from data.names import KEEP
 
 
 @dataclass(frozen=True)
@@ -54,3 +55,27 @@ def drop_agreement(trials: pd.DataFrame, metric: str, teacher_score: float | Non
     actual = teacher_score - pool[metric].to_numpy(float)
     error = np.abs(predicted - actual)
     return Agreement(len(pool), spearman(predicted, actual), float(np.median(error)) if len(pool) else float("nan"))
+
+
+SOLO_MEASURES = ("solo_drop", "solo_kl", "solo_disagreement", "local_error")
+
+
+def solo_rankings(trials: pd.DataFrame, policies: pd.Series, plugs: pd.DataFrame, metric: str,
+                  teacher_score: float | None) -> dict[str, tuple[int, float]]:
+    """Per measure of the plug library's table (`SOLO_MEASURES` it has): how well its sum over a trial's plugs
+    ranks the measured drops, as (trials compared, Spearman's rho), over the measured trials whose every plug
+    the table has. Empty without a teacher score."""
+    if teacher_score is None:
+        return {}
+    pool = measured(trials, metric, metric)
+    found = {}
+    for name in (m for m in SOLO_MEASURES if m in plugs.columns):
+        value = {(row.layer, row.op): float(getattr(row, name)) for row in plugs.itertuples(index=False)}
+        sums, drops = [], []
+        for index, score in pool[metric].items():
+            keys = [(layer, op) for layer, op in policies[index].items() if op != KEEP]
+            if all(key in value for key in keys):
+                sums.append(sum(value[key] for key in keys))
+                drops.append(teacher_score - float(score))
+        found[name] = (len(sums), spearman(sums, drops))
+    return found

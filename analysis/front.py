@@ -1,4 +1,4 @@
-"""Pareto front, hypervolume and knee for (cost x down, the task's metric up); pure numpy and pandas.
+"""Pareto front, hypervolume and knee for (a cost x down, the task's metric up); pure numpy and pandas.
 
 Dominance: trial a dominates trial b when a's x <= b's x and a's metric >= b's metric with at least one
 of the two strict. Trials equal in both coordinates do not dominate each other, so the front keeps all of
@@ -9,8 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-MEASURED_STATUSES = ("completed", "stopped_early")
-X_AXES = ("params", "flops", "latency_ms")
+from data.names import MEASURED_STATUSES
 
 
 def _pair(x: object, y: object) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ from analysis.load import first_line, numeric_columns
 from data.errors import InputError
 
 PLUG_COLUMNS = ("layer", "op", "solo_drop")
-PLUG_NUMBERS = ("params", "flops", "local_error", "solo_score", "solo_drop")
+PLUG_NUMBERS = ("params", "flops", "local_error", "solo_score", "solo_drop", "solo_kl", "solo_disagreement")
 
 
 def load_library(path: str | Path) -> pd.DataFrame:

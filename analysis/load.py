@@ -12,16 +12,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.front import MEASURED_STATUSES, measured
+from analysis.front import measured
 from analysis.policy import policies_of
 from data.errors import InputError
+from data.names import COSTS, MEASURED_STATUSES, PLUGS_FILE, RESULT_FILE, RUN_FILE, STATUSES, TEACHER_FILE, TRIALS_FILE
 
-STATUSES = ("completed", "stopped_early", "infeasible", "error")
 LEGACY_METRIC = "miou"
 LEGACY_METRIC_LABEL = "mIoU"
-COST_COLUMNS = ("params", "flops", "latency_ms", "latency_pred_ms")
+COST_COLUMNS = (*COSTS, "latency_pred_ms")
 NUMERIC = (*COST_COLUMNS, "epochs", "wall_s", "retries", "predicted_drop")
-TEACHER_NUMBERS = ("params", "flops", "latency_ms")
 
 
 @dataclass(frozen=True)
@@ -137,7 +136,7 @@ def _metric_of(teacher: dict | None, file: Path) -> tuple[str, str]:
 
 
 def _check_teacher(teacher: dict, metric: str, file: Path) -> None:
-    for key in (*TEACHER_NUMBERS, metric):
+    for key in (*COSTS, metric):
         value = teacher.get(key)
         if value is not None and not _is_number(value):
             raise InputError(f"{file}: field {key!r} is {value!r}; expected a number or null")
@@ -148,13 +147,13 @@ def _check_teacher(teacher: dict, metric: str, file: Path) -> None:
 
 def _library_path(folder: Path) -> Path | None:
     """The plug library run.json names (relative to the experiment folder unless absolute)."""
-    file = folder / "run.json"
+    file = folder / RUN_FILE
     run = _read_json_object(file, "the search's settings")
     if run is None or run.get("library") is None:
         return None
     value = run["library"]
     if not isinstance(value, str) or not value:
-        raise InputError(f"{file}: field 'library' is {value!r}; expected the path of a plugs.parquet")
+        raise InputError(f"{file}: field 'library' is {value!r}; expected the path of a {PLUGS_FILE}")
     path = Path(value)
     return (folder / path).resolve()
 
@@ -164,10 +163,10 @@ def load_experiment(path: str | Path, x: str = "params") -> Experiment:
     folder = Path(path)
     if not folder.is_dir():
         raise InputError(f"{folder}: experiment folder not found")
-    file = folder / "trials.parquet"
+    file = folder / TRIALS_FILE
     if not file.is_file():
         raise InputError(f"{file}: not found; expected the search's one-row-per-trial table")
-    teacher_file = folder / "teacher.json"
+    teacher_file = folder / TEACHER_FILE
     teacher = _read_json_object(teacher_file, "arch, task, metric, params, flops")
     metric, label = _metric_of(teacher, teacher_file)
     if teacher is not None:
@@ -208,7 +207,7 @@ def _epoch_rows(file: Path, metric: str) -> list[dict]:
 
 def load_curves(path: str | Path, metric: str) -> pd.DataFrame:
     """The metric per epoch of every trial, from every result.json below the folder (last report wins)."""
-    rows = [row for file in sorted(Path(path).glob("**/result.json")) for row in _epoch_rows(file, metric)]
+    rows = [row for file in sorted(Path(path).glob(f"**/{RESULT_FILE}")) for row in _epoch_rows(file, metric)]
     curves = pd.DataFrame(rows, columns=["trial_id", "epoch", metric])
     curves = curves.drop_duplicates(["trial_id", "epoch"], keep="last")
     return curves.sort_values(["trial_id", "epoch"], kind="stable").reset_index(drop=True)
@@ -233,7 +232,7 @@ def load_reference(path: str | Path, metric: str) -> pd.DataFrame:
         if "score" not in table.columns:
             raise InputError(f"{file}: column {metric!r} (or 'score') is missing; {expected}")
         table = table.rename(columns={"score": metric})
-    numeric_columns(table, ("params", "flops", "latency_ms", metric), file)
+    numeric_columns(table, (*COSTS, metric), file)
     if (table[metric] > 1).any():
         table[metric] = table[metric] / 100
     if ((table[metric] < 0) | (table[metric] > 1)).any():

@@ -17,10 +17,12 @@ from matplotlib.lines import Line2D
 from matplotlib.transforms import blended_transform_factory
 
 from analysis.library import drop_table
-from analysis.load import STATUSES, Experiment
+from analysis.load import Experiment
 from data.files import atomic_output
+from data.names import (COMPLETED, ERROR, FLOPS, INFEASIBLE, KEEP, LATENCY_MS, PARAMS, RESULT_FILE, STATUSES, STOPPED_EARLY,
+                        TRIALS_FILE)
 
-STATUS_COLORS = {"completed": "tab:blue", "stopped_early": "tab:orange", "infeasible": "tab:gray", "error": "tab:red"}
+STATUS_COLORS = {COMPLETED: "tab:blue", STOPPED_EARLY: "tab:orange", INFEASIBLE: "tab:gray", ERROR: "tab:red"}
 
 
 def save(fig: Figure, file: Path) -> None:
@@ -37,8 +39,8 @@ class Axis(NamedTuple):
     unit: str
 
 
-AXES = {"params": Axis(1e6, "parameters (M)", "M params"), "flops": Axis(1e9, "GFLOPs", "GFLOPs"),
-        "latency_ms": Axis(1.0, "latency (ms)", "ms")}
+AXES = {PARAMS: Axis(1e6, "parameters (M)", "M params"), FLOPS: Axis(1e9, "GFLOPs", "GFLOPs"),
+        LATENCY_MS: Axis(1.0, "latency (ms)", "ms")}
 
 
 def score_label(metric_label: str) -> str:
@@ -144,7 +146,7 @@ def plot_curves(exp: Experiment, curves: pd.DataFrame, front_ids: set[str], file
     status_of = dict(zip(exp.trials["trial_id"], exp.trials["status"]))
     handles = []
     if curves.empty:
-        ax.text(0.5, 0.5, "no per-epoch results (result.json) found", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, f"no per-epoch results ({RESULT_FILE}) found", ha="center", va="center", transform=ax.transAxes)
     for status in (*STATUSES, None):
         color = STATUS_COLORS.get(status, "tab:purple")
         ids = [t for t in curves["trial_id"].unique() if status_of.get(t) == status]
@@ -157,9 +159,9 @@ def plot_curves(exp: Experiment, curves: pd.DataFrame, front_ids: set[str], file
                                          linewidths=0.7, alpha=0.45))
         ax.add_collection(LineCollection([s for s, b in zip(segments, bold) if b], colors=color,
                                          linewidths=2.0, alpha=0.95, zorder=3))
-        name = status.replace("_", " ") if status else "not in trials.parquet"
+        name = status.replace("_", " ") if status else f"not in {TRIALS_FILE}"
         handles.append(Line2D([], [], color=color, label=f"{name} ({len(ids)})"))
-        if status == "stopped_early":
+        if status == STOPPED_EARLY:
             ends = np.array([s[-1] for s in segments])
             ax.scatter(ends[:, 0], ends[:, 1], marker="x", s=22, color="black", linewidth=0.9, zorder=4)
             handles.append(Line2D([], [], color="black", marker="x", linestyle="none", label="stopped by ASHA here"))
@@ -198,7 +200,7 @@ def plot_layers(usage: pd.DataFrame, front_size: int, metric_label: str, file: P
         return
     share = usage.pivot(index="layer", columns="op", values="front_share")
     score = usage.pivot(index="layer", columns="op", values="mean_score") * 100
-    ops = sorted(share.columns, key=lambda o: (o != "keep", o))
+    ops = sorted(share.columns, key=lambda o: (o != KEEP, o))
     share, score = share[ops], score[ops]
     fig = _figure(max(8.0, 2.2 + 1.3 * len(ops)), max(3.0, 1.6 + 0.3 * len(share)))
     left, right = fig.subplots(1, 2, sharey=True)

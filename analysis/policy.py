@@ -6,7 +6,8 @@ from collections import Counter
 
 import pandas as pd
 
-KEEP = "keep"
+from data.names import KEEP
+
 HP_POLICY = "hp.policy."
 
 

@@ -16,9 +16,9 @@ from typing import Iterator
 import pyarrow.fs as pafs
 
 from data.errors import InputError
+from data.names import RESULT_FILE, RUN_FILE, TEACHER_FILE, TRIALS_FILE
 
-READ = ("trials.parquet", "teacher.json", "run.json")
-RESULTS = "result.json"
+READ = (TRIALS_FILE, TEACHER_FILE, RUN_FILE)
 
 
 def is_uri(location: str) -> bool:
@@ -43,7 +43,7 @@ def _download(fs: pafs.FileSystem, root: str, base: str, folder: Path) -> dict[s
     copied = {}
     for info in infos:
         name = info.path[len(root) + 1:]
-        if info.type != pafs.FileType.File or not (name in READ or name.endswith(f"/{RESULTS}")):
+        if info.type != pafs.FileType.File or not (name in READ or name.endswith(f"/{RESULT_FILE}")):
             continue
         target = folder / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -80,7 +80,7 @@ def staged(location: str) -> Iterator[Path]:
         folder.mkdir()
         copied = _download(fs, root, base, folder)
         if not copied:
-            raise InputError(f"{base}: no experiment there (no trials.parquet, teacher.json or result.json)")
+            raise InputError(f"{base}: no experiment there (no {TRIALS_FILE}, {TEACHER_FILE} or {RESULT_FILE})")
         try:
             yield folder
         except InputError as err:

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.agreement import Agreement, drop_agreement, latency_agreement
+from analysis.agreement import Agreement, drop_agreement, latency_agreement, solo_rankings
 from analysis.library import layer_sensitivity
-from analysis.load import STATUSES, TEACHER_NUMBERS, Experiment
+from analysis.load import Experiment
 from analysis.plots import AXES, FrontLine
 from analysis.policy import HP_POLICY, describe, summarize
 from data.files import write_text_atomic
+from data.names import (COMPARE_PLOT, COSTS, CURVES_PLOT, ERROR, FRONT_PLOT, LAYERS_PLOT, RUN_FILE, SENSITIVITY_PLOT, STATUSES,
+                        TEACHER_FILE)
 
 
 def _column(front: pd.DataFrame, name: str) -> pd.Series:
@@ -94,7 +96,7 @@ def comparison_statement(lines: list[FrontLine]) -> str:
 
 def error_reasons(trials: pd.DataFrame) -> pd.DataFrame:
     """The trials that ended in error, per reason (most frequent first), with up to three example ids."""
-    errors = trials[trials["status"] == "error"]
+    errors = trials[trials["status"] == ERROR]
     reasons = _column(errors, "reason").astype(object).where(lambda r: r.notna(), "no reason recorded")
     rows = [{"reason": reason, "trials": len(ids), "e.g.": ", ".join(f"`{t}`" for t in ids[:3])}
             for reason, ids in errors["trial_id"].groupby(reasons, sort=False).agg(list).items()]
@@ -156,6 +158,16 @@ def drop_statement(agreement: Agreement, metric_label: str) -> str:
             f"{agreement.median_error * 100:.2f} points.")
 
 
+def ranking_statement(rankings: dict[str, tuple[int, float]], metric_label: str) -> str:
+    """How well each solo measure of the library, summed over a trial's plugs, ranks the measured drops."""
+    shown = [f"`{name}` {rho:.2f}" for name, (n, rho) in rankings.items() if n]
+    if not shown:
+        return ""
+    n = max(n for n, _ in rankings.values())
+    return (f"Spearman's rho of each solo measure of the library, summed over a trial's plugs, against the measured "
+            f"drop (teacher {metric_label} minus trial {metric_label}) over {n} measured trials: {', '.join(shown)}.")
+
+
 def sensitivity_statement(plugs: pd.DataFrame) -> str:
     """The layers whose plugs cost the teacher most and least (mean solo drop over each layer's plugs)."""
     table = layer_sensitivity(plugs)
@@ -173,7 +185,7 @@ def sensitivity_statement(plugs: pd.DataFrame) -> str:
 def _teacher_line(exp: Experiment) -> str:
     teacher = exp.teacher or {}
     score = "not measured" if exp.teacher_score is None else f"{exp.teacher_score * 100:.2f} %"
-    figures = [_amount(teacher[k], k) for k in TEACHER_NUMBERS if teacher.get(k) is not None]
+    figures = [_amount(teacher[k], k) for k in COSTS if teacher.get(k) is not None]
     task = f" ({teacher['task']})" if teacher.get("task") else ""
     return f"- teacher: {teacher.get('arch', 'unnamed')}{task}, {', '.join(figures)}, val {exp.metric_label} {score}"
 
@@ -186,7 +198,7 @@ def _predictions(exp: Experiment) -> list[str]:
     if drop:
         lines.append(drop_statement(drop, exp.metric_label))
     elif "predicted_drop" in exp.trials.columns:
-        lines.append(f"The table has `predicted_drop` but teacher.json records no teacher {exp.metric_label}, "
+        lines.append(f"The table has `predicted_drop` but {TEACHER_FILE} records no teacher {exp.metric_label}, "
                      "so the measured drop is unknown.")
     if not lines:
         return []
@@ -199,11 +211,14 @@ def _library(exp: Experiment, plugs: pd.DataFrame | None) -> list[str]:
         return []
     lines = ["## Plug library", ""]
     if plugs is None:
-        return [*lines, f"run.json names `{exp.library}`, which is not there (a cleared cache?); "
+        return [*lines, f"{RUN_FILE} names `{exp.library}`, which is not there (a cleared cache?); "
                         "no sensitivity figure.", ""]
+    ranking = ranking_statement(solo_rankings(exp.trials, exp.policies, plugs, exp.metric, exp.teacher_score),
+                                exp.metric_label)
     return [*lines, f"`{exp.library}`: {len(plugs)} plugs over {plugs['layer'].nunique()} layers, each inserted "
                     f"alone into the teacher without training.", "", sensitivity_statement(plugs), "",
-            "![Drop in the teacher's metric per plug](sensitivity.png)", ""]
+            *([ranking, ""] if ranking else []),
+            f"![Drop in the teacher's metric per plug]({SENSITIVITY_PLOT})", ""]
 
 
 def write_report(file: Path, exp: Experiment, front: pd.DataFrame, x: str, hypervolume: float, knee_id: str,
@@ -245,8 +260,8 @@ def write_report(file: Path, exp: Experiment, front: pd.DataFrame, x: str, hyper
     lines += _predictions(exp)
     lines += _library(exp, plugs)
     lines += ["## Figures", "",
-              "![Pareto front](pareto.png)", "", f"![Validation {label} per epoch](curves.png)", "",
-              "![Layer use on the front](layers.png)", ""]
+              f"![Pareto front]({FRONT_PLOT})", "", f"![Validation {label} per epoch]({CURVES_PLOT})", "",
+              f"![Layer use on the front]({LAYERS_PLOT})", ""]
     if compare:
         table = pd.DataFrame({"search": [line.name for line in compare],
                               "front size": [len(line.x) for line in compare],
@@ -256,5 +271,5 @@ def write_report(file: Path, exp: Experiment, front: pd.DataFrame, x: str, hyper
                   f"All hypervolumes here are measured against one reference point: {_amount(common, x)} "
                   f"(the largest of the searches' reference points) and 0 % {label}.", "",
                   markdown_table(table), "", comparison_statement(compare), "",
-                  "![Fronts compared](compare.png)", ""]
+                  f"![Fronts compared]({COMPARE_PLOT})", ""]
     write_text_atomic(file, "\n".join(lines))

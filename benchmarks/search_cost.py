@@ -68,6 +68,7 @@ sys.path.insert(0, str(REPO))
 
 from analysis.front import hypervolume, pareto_front  # noqa: E402
 from data.errors import InputError, run_cli  # noqa: E402
+from data.names import TEACHER_FILE, TRIALS_FILE  # noqa: E402
 
 SPACES = {"demo": REPO / "spaces/demo.yaml", "classification": REPO / "tests/spaces/classification.yaml"}
 # Per space: trials and distill.epochs of the benchmark's copy (chosen to fit 2 cores in the time the docstring says).
@@ -206,8 +207,14 @@ def run_search(space: Path, storage: Path, name: str, label: str, seed: int, log
         shutil.rmtree(folder)
     seconds, _ = _run([sys.executable, "search/run.py", "--space", str(space), "--name", name, "--storage", str(storage)],
                       storage / f"{name}.log")
-    trials = pd.read_parquet(folder / "trials.parquet")
-    teacher = json.loads((folder / "teacher.json").read_text())
+    return read_search(space, folder, label, seed, seconds, log)
+
+
+def read_search(space: Path, folder: Path, label: str, seed: int, seconds: float, log: Log) -> Search:
+    """A finished search's trials.parquet and teacher.json, logged in one line."""
+    name = folder.name
+    trials = pd.read_parquet(folder / TRIALS_FILE)
+    teacher = json.loads((folder / TEACHER_FILE).read_text())
     metric = teacher["metric"]
     max_concurrent = int(yaml.safe_load(space.read_text())["search"].get("max_concurrent", 1))
     result = Search(label, seed, trials, metric, float(teacher["params"]), float(teacher[metric]), max_concurrent, seconds)

@@ -12,8 +12,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as F
 
 from data.errors import InputError
-from data.folder import UnlabeledImages, open_rgb, require_dir
-from data.kinds import register
+from data.folder import open_rgb, require_dir
+from data.kinds import register, unlabeled_images
 from data.labels import label_to_train_lut
 from data.settings import DataSettings
 from data.transforms import eval_transforms, train_transforms
@@ -102,9 +102,10 @@ class Cityscapes:
     """The official layout: `leftImg8bit/<split>/<city>/*_leftImg8bit.png` with `gtFine/<split>/` labelIds."""
 
     task = "segmentation"
+    unlabeled_default = ("leftImg8bit/train",)
 
     def unlabeled(self, s: DataSettings) -> Dataset:
-        return UnlabeledImages([s.folder(f) for f in s.unlabeled], train_transforms(s.crop, s.scale, s.mean, s.std))
+        return unlabeled_images(s, train_transforms(s.crop, s.scale, s.mean, s.std))
 
     def train(self, s: DataSettings) -> Dataset:
         return CityscapesSegmentation(s.root, s.train, train_transforms(s.crop, s.scale, s.mean, s.std))

@@ -9,8 +9,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as F
 
 from data.errors import InputError
-from data.folder import UnlabeledImages, find_images, open_rgb, require_dir, suffix_list
-from data.kinds import register
+from data.folder import find_images, open_rgb, require_dir, suffix_list
+from data.kinds import register, unlabeled_images
 from data.settings import DataSettings, Split
 from data.transforms import classification_eval_transforms, classification_train_transforms
 
@@ -83,9 +83,10 @@ class ImageFolder:
     """
 
     task = "classification"
+    unlabeled_default = ("train",)
 
     def unlabeled(self, s: DataSettings) -> Dataset:
-        return UnlabeledImages([s.folder(f) for f in s.unlabeled], _train_transforms(s))
+        return unlabeled_images(s, _train_transforms(s))
 
     def train(self, s: DataSettings) -> Dataset:
         return ClassFolders(s.folder(_folder(s.train, "train")), self._classes(s), _train_transforms(s))

@@ -11,6 +11,7 @@ from typing import Callable, Literal, Protocol
 from torch.utils.data import Dataset
 
 from data.errors import InputError
+from data.folder import UnlabeledImages
 from data.settings import DataSettings
 
 Task = Literal["segmentation", "classification"]
@@ -18,6 +19,7 @@ Task = Literal["segmentation", "classification"]
 
 class DatasetKind(Protocol):
     task: Task
+    unlabeled_default: tuple[str, ...] | None  # `data.unlabeled` when a space omits it; None: a space must give it
 
     def unlabeled(self, s: DataSettings) -> Dataset:
         """Every image below the `unlabeled` folders, with training augmentation, no labels."""
@@ -54,6 +56,30 @@ def kind(name: str) -> DatasetKind:
     if name not in _KINDS:
         raise InputError(f"unknown dataset kind {name!r}: expected one of {', '.join(names())}")
     return _KINDS[name]
+
+
+def unlabeled_folders(s: DataSettings) -> tuple[str, ...]:
+    """`data.unlabeled`, or the dataset kind's default; InputError naming the field for a kind without one."""
+    folders = s.unlabeled if s.unlabeled is not None else kind(s.dataset).unlabeled_default
+    if folders is None:
+        raise InputError(f"data.unlabeled: missing; expected folders of unlabeled images below data.root (dataset "
+                         f"kind {s.dataset} has no default)")
+    return folders
+
+
+def unlabeled_images(s: DataSettings, transform: Callable) -> UnlabeledImages:
+    """Every image below the unlabeled folders; a missing or empty folder is an InputError naming `data.unlabeled`."""
+    folders = [s.folder(f) for f in unlabeled_folders(s)]
+    try:
+        return UnlabeledImages(folders, transform)
+    except InputError as err:
+        raise InputError(f"data.unlabeled: {err}") from None
+
+
+def unlabeled_defaults() -> str:
+    """Each kind's default `unlabeled` folders, as the space reference states them."""
+    folders = {name: _KINDS[name].unlabeled_default for name in names()}
+    return "; ".join(f"{name}: {', '.join(found) if found else 'none, required'}" for name, found in folders.items())
 
 
 from data import cityscapes, imagefolder, pairs  # noqa: E402,F401  (registers the kinds)

@@ -11,8 +11,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as F
 
 from data.errors import InputError
-from data.folder import UnlabeledImages, find_images, open_rgb, require_dir, suffix_list
-from data.kinds import register
+from data.folder import find_images, open_rgb, require_dir, suffix_list
+from data.kinds import register, unlabeled_images
 from data.labels import IGNORE_INDEX
 from data.settings import DataSettings, Split
 from data.transforms import eval_transforms, train_transforms
@@ -126,9 +126,10 @@ class Pairs:
     """
 
     task = "segmentation"
+    unlabeled_default = None
 
     def unlabeled(self, s: DataSettings) -> Dataset:
-        return UnlabeledImages([s.folder(f) for f in s.unlabeled], train_transforms(s.crop, s.scale, s.mean, s.std))
+        return unlabeled_images(s, train_transforms(s.crop, s.scale, s.mean, s.std))
 
     def train(self, s: DataSettings) -> Dataset:
         return MaskPairs(s.root, _split(s.train, "train"), _num_classes(s), s.ignore_index, s.mask_suffix,

@@ -517,7 +517,7 @@ def generate_imagefolder(root: Path, classes: int = 4, train: int = 24, val: int
             f"{size}x{size} to {root}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m data.synthetic", description=__doc__)
     parser.add_argument("--out", type=Path, required=True, help="output root")
     parser.add_argument("--layout", choices=("cityscapes", "pairs", "imagefolder"), default="cityscapes",
@@ -532,6 +532,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="unlabeled images (cityscapes: leftImg8bit/train_extra; others: unlabeled/)")
     parser.add_argument("--classes", type=int,
                         help=f"imagefolder only: number of classes, 1..{len(SHAPES)} (default 4)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.size is not None and len(args.size) > 2:
         parser.error("--size takes one or two values: H [W]")

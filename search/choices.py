@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from torch import nn
 
 from data.errors import InputError
+from data.names import KEEP
 from search import proposals
 from search.space import Space
 from trainable.inventory import convs, count_params, select, unmatched_patterns
 from trainable.latency import predicted_latency
+from trainable.layers import command as inventory_command
 from trainable.ops import check_op, op_params
 
 
@@ -49,7 +51,7 @@ class PolicyChoices:
     def params(self, policy: Mapping[str, str]) -> int:
         """Student parameters, from the per-layer table."""
         return self.teacher_params + sum(
-            self.layer_params[layer][op] - self.layer_params[layer]["keep"] for layer, op in policy.items()
+            self.layer_params[layer][op] - self.layer_params[layer][KEEP] for layer, op in policy.items()
         )
 
     def latency_ms(self, policy: Mapping[str, str]) -> float | None:
@@ -70,27 +72,29 @@ class PolicyChoices:
     def cost(self, key: str, op: str) -> int:
         """Parameters a choice's op adds (negative: saves) against keeping its layers."""
         choice = next(c for c in self.choices if c.key == key)
-        return sum(self.layer_params[layer][op] - self.layer_params[layer]["keep"] for layer in choice.layers)
+        return sum(self.layer_params[layer][op] - self.layer_params[layer][KEEP] for layer in choice.layers)
 
     def predicted_drop(self, policy: Mapping[str, str]) -> float | None:
         """The sum of the plugged layers' solo drops; None without a plug library."""
         if not self.layer_drop:
             return None
-        return sum(self.layer_drop[(layer, op)] for layer, op in policy.items() if op != "keep")
+        return sum(self.layer_drop[(layer, op)] for layer, op in policy.items() if op != KEEP)
 
-    def _tables(self) -> tuple[list[tuple[str, tuple[str, ...]]], dict, dict]:
-        """The solver's view: choices, params delta and predicted drop per (choice, op)."""
+    def _tables(self, layer_drop: Mapping[tuple[str, str], float] | None = None) -> tuple[list, dict, dict]:
+        """The solver's view: choices, params delta and predicted drop per (choice, op); drops from `layer_drop`, else
+        the library's (0 without one)."""
+        layer_drop = self.layer_drop if layer_drop is None else layer_drop
         keyed = [(c.key, c.ops) for c in self.choices]
         layers = {c.key: c.layers for c in self.choices}
         cost = {(c.key, op): self.cost(c.key, op) for c in self.choices for op in c.ops}
-        drop = proposals.per_choice(keyed, layers, self.layer_drop) if self.layer_drop else {k: 0.0 for k in cost}
+        drop = proposals.per_choice(keyed, layers, layer_drop) if layer_drop else {k: 0.0 for k in cost}
         return keyed, cost, drop
 
     def _latency_limits(self) -> list[proposals.Limit]:
         """The latency budget as a solver limit: each (choice, op)'s change of the predicted latency, its maximum."""
         if self.max_latency_ms is None or self.latency_ms({}) is None:
             return []
-        delta = {(layer, op): ms - ops["keep"] for layer, ops in self.layer_latency.items() for op, ms in ops.items()}
+        delta = {(layer, op): ms - ops[KEEP] for layer, ops in self.layer_latency.items() for op, ms in ops.items()}
         table = proposals.per_choice([(c.key, c.ops) for c in self.choices], {c.key: c.layers for c in self.choices},
                                      delta)
         return [(table, self.max_latency_ms - self.teacher_latency_ms)]
@@ -105,11 +109,51 @@ class PolicyChoices:
         max_cost = math.inf if self.max_params is None else self.max_params - self.teacher_params
         return proposals.repair(picks, keyed, cost, drop, max_cost, limits)
 
+    def uniform(self, op: str) -> dict[str, str]:
+        """`op` on every choice that offers it; the others keep (or take their cheapest op when keep is not offered)."""
+        return {c.key: op if op in c.ops else KEEP if KEEP in c.ops else self._cheapest_op(c) for c in self.choices}
+
+    def _cheapest_op(self, choice: Choice) -> str:
+        return min(choice.ops, key=lambda op: self.cost(choice.key, op))
+
+    def cheapest(self) -> dict[str, str]:
+        """The fewest-params picks within the budgets (the latency budget may cost some params)."""
+        return self.repair({c.key: self._cheapest_op(c) for c in self.choices})
+
+    def cheapest_uniform(self) -> dict[str, str] | None:
+        """The feasible uniform policy (`uniform(op)` for an op some choice offers) with the fewest params, if any."""
+        ops = dict.fromkeys(op for c in self.choices for op in c.ops if op != KEEP)
+        feasible = [picks for picks in map(self.uniform, ops) if self.feasible_picks(picks)]
+        return min(feasible, key=lambda picks: self.params(self.policy(picks)), default=None)
+
     def proposals(self, count: int) -> list[dict[str, str]]:
-        """The least-predicted-drop picks at `count` budgets spread over the feasible range (needs a library)."""
-        keyed, cost, drop = self._tables()
-        limit = self.max_params if self.max_params is not None else self.teacher_params
-        return proposals.propose(keyed, cost, drop, limit - self.teacher_params, count, self._latency_limits())
+        """A search's first `count` policies (fewer when some coincide), cheapest first: the cheapest feasible uniform
+        policy and, with a plug library, the least-predicted-drop picks at budgets spread evenly from the cheapest
+        policy's params to the cap (one budget fewer when the uniform policy is not one of those picks); without a
+        library, the cheapest policy."""
+        uniform = [] if (picks := self.cheapest_uniform()) is None else [picks]
+        if not self.layer_drop:
+            chosen = _distinct([*uniform, self.cheapest()])[:count]
+        else:
+            keyed, cost, drop = self._tables()
+            limit = (self.max_params if self.max_params is not None else self.teacher_params) - self.teacher_params
+            chosen = proposals.propose(keyed, cost, drop, limit, count, self._latency_limits())
+            if uniform and uniform[0] not in chosen:
+                chosen = [*uniform, *proposals.propose(keyed, cost, drop, limit, count - 1, self._latency_limits())]
+        return sorted(chosen[:count], key=lambda picks: self.params(self.policy(picks)))
+
+    def best_between(self, least: float, most: float, layer_drop: Mapping[tuple[str, str], float],
+                     exclude: Sequence[Mapping[str, str]]) -> dict[str, str] | None:
+        """The feasible picks of least predicted drop (per-layer `layer_drop`) with least <= params <= most, none of
+        `exclude`; None when there are none."""
+        keyed, cost, drop = self._tables(layer_drop)
+        most = min(most, self.max_params if self.max_params is not None else math.inf)
+        return proposals.best_between(keyed, cost, drop, least - self.teacher_params, most - self.teacher_params,
+                                      exclude, self._latency_limits())
+
+
+def _distinct(picks: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+    return [p for i, p in enumerate(picks) if p not in picks[:i]]
 
 
 def resolve_choices(space: Space, teacher: nn.Module | None = None) -> PolicyChoices:
@@ -125,7 +169,8 @@ def resolve_choices(space: Space, teacher: nn.Module | None = None) -> PolicyCho
         if missing:
             raise InputError(
                 f"{where}.layers: expected glob patterns that each select a conv of {space.teacher.arch} "
-                f"(python -m trainable.layers --teacher {space.teacher.arch} lists them), got {missing[0]!r}, which selects none"
+                f"({inventory_command(space.teacher, space.input_size)} lists them), got {missing[0]!r}, "
+                "which selects none"
             )
         layers = select(named, group.layers)
         for layer in layers:
@@ -135,9 +180,9 @@ def resolve_choices(space: Space, teacher: nn.Module | None = None) -> PolicyCho
                     f"which policy.groups[{owner[layer]}] selects too"
                 )
             owner[layer] = i
-            table[layer] = {"keep": op_params(named[layer], "keep")}
+            table[layer] = {KEEP: op_params(named[layer], KEEP)}
             for op in group.ops:
-                if op == "keep":
+                if op == KEEP:
                     continue
                 try:
                     check_op(named[layer], op)

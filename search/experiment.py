@@ -1,16 +1,12 @@
-"""The files of an experiment folder besides Ray Tune's own, and reading its copy of the space."""
+"""Reading an experiment folder's copy of its space (the folder's file names: `data.names`)."""
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
 
+from data.names import SPACE_COPY
 from search.space import Space, load_space
 from search.storage import Location
-
-SPACE_COPY = "space.yaml"
-TEACHER_FILE = "teacher.json"
-RUN_FILE = "run.json"
-OPTUNA_FILE = "optuna.db"
 
 
 def read_space_copy(experiment: Location, record: dict) -> Space:

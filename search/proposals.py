@@ -4,10 +4,11 @@ A policy is `{choice key: op}`. Its predicted drop is the sum of its choices' dr
 the sum of its choices' costs (params delta vs keep, keep = 0); a choice that sets several layers
 costs and drops the sums over its layers (`per_choice`). `propose` solves the multiple-choice
 knapsack (one op per choice, total cost <= budget, least predicted drop) exactly with
-`scipy.optimize.milp` at K budgets; `repair` moves an over-budget policy to the nearest feasible
-one. Costs are integers (parameter counts). Both also honour `limits`: further per-(choice, op)
-tables (keep = 0) whose sums must stay under their own maxima (the latency budget: each plug's
-change of the predicted latency).
+`scipy.optimize.milp` at K budgets; `best_between` solves it for a cost range, never returning an
+excluded policy; `repair` moves an over-budget policy to the nearest feasible one. Costs are
+integers (parameter counts). All honour `limits`: further per-(choice, op) tables (keep = 0) whose
+sums must stay under their own maxima (the latency budget: each plug's change of the predicted
+latency). `refit` moves the predictor's per-plug drops towards measured policies' drops.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
+
+from data.names import KEEP
 
 Choices = Sequence[tuple[str, Sequence[str]]]
 Picks = dict[str, str]
@@ -26,14 +29,14 @@ def per_choice(
 ) -> dict[tuple[str, str], float]:
     """`{(key, op): sum over the choice's layers of per_layer[(layer, op)]}`; keep is 0 (params delta or drop)."""
     return {
-        (key, op): 0 if op == "keep" else sum(per_layer[(layer, op)] for layer in layers[key])
+        (key, op): 0 if op == KEEP else sum(per_layer[(layer, op)] for layer in layers[key])
         for key, ops in choices
         for op in ops
     }
 
 
 def _value(table: Mapping[tuple[str, str], float], key: str, op: str) -> float:
-    return 0 if op == "keep" else table[(key, op)]
+    return 0 if op == KEEP else table[(key, op)]
 
 
 def predict(
@@ -64,15 +67,22 @@ class _Model:
             self.one_each[keys.index(key), j] = 1
         self.cheapest = int(sum(min(_value(cost, key, op) for op in ops) for key, ops in choices))
 
-    def solve(self, objective: np.ndarray, budget: float) -> Picks:
-        """The picks minimising `objective` with total cost <= budget (exact: no MIP gap)."""
+    def solve(self, objective: np.ndarray, budget: float, least: float = -np.inf,
+              exclude: Sequence[Mapping[str, str]] = ()) -> Picks:
+        """The picks minimising `objective` with least <= total cost <= budget, none of `exclude` (exact: no MIP gap).
+
+        ValueError when no policy qualifies.
+        """
         n = len(self.variables)
+        # A no-good cut per excluded policy: at most all its picks but one.
+        cuts = [LinearConstraint(np.array([[1.0 if picks.get(key) == op else 0.0 for key, op in self.variables]]),
+                                 -np.inf, len(self.one_each) - 1) for picks in exclude]
         result = milp(
             objective,
             integrality=np.ones(n),
             bounds=Bounds(0, 1),
-            constraints=[LinearConstraint(self.one_each, 1, 1), LinearConstraint(self.cost[None, :], -np.inf, budget),
-                         *self.limits],
+            constraints=[LinearConstraint(self.one_each, 1, 1), LinearConstraint(self.cost[None, :], least, budget),
+                         *self.limits, *cuts],
             options={"mip_rel_gap": 0},
         )
         if result.x is None:
@@ -98,6 +108,42 @@ def propose(
         if picks not in proposals:
             proposals.append(picks)
     return proposals
+
+
+def best_between(
+    choices: Choices, cost: Mapping[tuple[str, str], int], drop: Mapping[tuple[str, str], float], least: float,
+    most: float, exclude: Sequence[Mapping[str, str]] = (), limits: Sequence[Limit] = (),
+) -> Picks | None:
+    """The least-drop policy with least <= cost <= most that is none of `exclude`; None when there is none."""
+    model = _Model(choices, cost, drop, limits)
+    try:
+        return model.solve(model.drop, np.floor(most), least, exclude)
+    except ValueError:
+        return None
+
+
+def refit(prior: Mapping[tuple[str, str], float], measured: Sequence[tuple[Mapping[str, str], float]],
+          strength: float = 1.0) -> dict[tuple[str, str], float]:
+    """Per-(layer, op) drops fitted to measured policies' drops: ridge regression on plug indicators, shrunk to `prior`.
+
+    `measured` holds `({layer: op}, drop)` pairs; a policy's predicted drop is the sum of its plugs' drops (keep adds
+    nothing). Minimises the squared error over `measured` plus `strength` times the squared distance to `prior`, so
+    each plug's prior counts as `strength` observations; plugs no measured policy has keep their prior.
+    """
+    plugs = list(prior)
+    if not measured:
+        return dict(prior)
+    column = {plug: j for j, plug in enumerate(plugs)}
+    features = np.zeros((len(measured), len(plugs)))
+    for i, (policy, _) in enumerate(measured):
+        for layer, op in policy.items():
+            if op != KEEP:
+                features[i, column[(layer, op)]] = 1.0
+    w0 = np.array([prior[plug] for plug in plugs])
+    y = np.array([drop for _, drop in measured])
+    gram = features.T @ features + strength * np.eye(len(plugs))
+    w = w0 + np.linalg.solve(gram, features.T @ (y - features @ w0))
+    return dict(zip(plugs, w.tolist()))
 
 
 def repair(

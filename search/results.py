@@ -11,19 +11,19 @@ from typing import Sequence
 import pandas as pd
 from ray.tune import ExperimentAnalysis
 
+from data.names import (COMPLETED, COSTS, ERROR, FLOPS, INFEASIBLE, LATENCY_MS, MEASURED_STATUSES, PARAMS, STOPPED_EARLY,
+                        TRIALS_FILE)
 from search.storage import Location
 
-STATUSES = ("completed", "stopped_early", "infeasible", "error")
 FINISHED = ("TERMINATED", "ERROR")
-TRIALS_FILE = "trials.parquet"
 
 
 def trial_status(ray_status: str, last: dict) -> str:
     if ray_status == "ERROR" or last.get("error_reason"):
-        return "error"
+        return ERROR
     if last.get("infeasible", False):
-        return "infeasible"
-    return "completed" if last.get("epoch", 0) >= last.get("epochs_total", 1) else "stopped_early"
+        return INFEASIBLE
+    return COMPLETED if last.get("epoch", 0) >= last.get("epochs_total", 1) else STOPPED_EARLY
 
 
 def _hp_columns(config: dict) -> dict:
@@ -51,14 +51,14 @@ def retries(trial) -> int:
 
 
 def trials_table(analysis: ExperimentAnalysis, metrics: Sequence[str]) -> pd.DataFrame:
-    """Finished trials of an experiment, in trial order, with the columns documented in README."""
+    """Finished trials of an experiment, in trial order, with the columns documented in docs/experiment.md."""
     rows = []
     for trial in analysis.trials:
         if trial.status not in FINISHED:
             continue
         last = trial.last_result or {}
         status = trial_status(trial.status, last)
-        measured = status in ("completed", "stopped_early") or (status == "error" and last.get("epoch", 0) > 0)
+        measured = status in MEASURED_STATUSES or (status == ERROR and last.get("epoch", 0) > 0)
         row = {
             "trial_id": trial.trial_id,
             "status": status,
@@ -67,9 +67,7 @@ def trials_table(analysis: ExperimentAnalysis, metrics: Sequence[str]) -> pd.Dat
             "proposal": last.get("proposal"),
             "policy": last.get("policy", json.dumps({})),
             **_hp_columns(trial.config),
-            "params": last.get("params"),
-            "flops": last.get("flops"),
-            "latency_ms": last.get("latency_ms"),
+            **{cost: last.get(cost) for cost in COSTS},
             "latency_pred_ms": last.get("latency_pred_ms"),
             "predicted_drop": last.get("predicted_drop"),
         }
@@ -84,9 +82,9 @@ def trials_table(analysis: ExperimentAnalysis, metrics: Sequence[str]) -> pd.Dat
         rows.append(row)
     table = pd.DataFrame(rows)
     if not table.empty:
-        for column in ("params", "flops", "retries"):
+        for column in (PARAMS, FLOPS, "retries"):
             table[column] = table[column].astype("Int64")
-        for column in ("latency_ms", "latency_pred_ms", "predicted_drop", *metrics, *(f"{m}_last" for m in metrics)):
+        for column in (LATENCY_MS, "latency_pred_ms", "predicted_drop", *metrics, *(f"{m}_last" for m in metrics)):
             table[column] = table[column].astype("Float64")
     return table
 

@@ -16,26 +16,29 @@ import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
+import torch
 import yaml
 
 from data.errors import InputError, run_cli
-from search.results import TRIALS_FILE
-from search.experiment import RUN_FILE, read_space_copy
+from data.schema import Reader, keys
+from data.names import EVAL_FILE, MEASURED_STATUSES, POLICY_FILE, RUN_FILE, STUDENT_FILE, STUDENT_ONNX, TRIALS_FILE
+from search.experiment import read_space_copy
+from search.library import start_plugs
 from search.space import Space, load_space
 from search.storage import Location, write_bytes_atomic
 from search.trial import STATE_FILE
 from trainable.checkpoint import read_file
-from trainable.config import DistillSettings, pick_device
+from trainable.config import DEVICE_HELP, DistillSettings, pick_device
 from trainable.distill import Distillation
 from trainable.export import ExportError, check_exportable, export_verified
 from trainable.inventory import count_params
 from trainable.surgery import read_policy, save_student
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="search/retrain.py", description=__doc__.splitlines()[0])
     parser.add_argument("experiment", nargs="?", help="experiment folder (or s3:// URI) of a finished search")
     parser.add_argument("--trial", help="trial_id to retrain (default: the best score among the measured)")
@@ -47,7 +50,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--name", help="output name under checkpoints/ (default: the experiment's or the policy file's)")
     parser.add_argument("--out", type=Path, default=Path("checkpoints"), help="parent folder of the output")
     parser.add_argument("--no-onnx", action="store_true", help="do not export student.onnx beside student.pt")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = _parser()
     args = parser.parse_args(argv)
     if (args.experiment is None) == (args.space is None):
         parser.error("give an experiment folder, or --space with --policy")
@@ -68,7 +76,7 @@ def pick_trial(experiment: Location, trial_id: str | None, metric: str) -> pd.Se
         if rows.empty:
             raise InputError(f"{where}: no trial {trial_id!r}")
         return rows.iloc[0]
-    measured = table[table["status"].isin(["completed", "stopped_early"]) & table[metric].notna()]
+    measured = table[table["status"].isin(MEASURED_STATUSES) & table[metric].notna()]
     if measured.empty:
         raise InputError(f"{where}: no trial with a measured {metric}")
     return measured.sort_values(metric, ascending=False).iloc[0]
@@ -93,18 +101,50 @@ def trial_overrides(row: pd.Series) -> dict[str, Any]:
     }
 
 
+def _scalar(text: str) -> Any:
+    """A YAML value, where a number YAML 1.1 reads as text (`3e-3`, no dot) is the number."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def parse_sets(space: Space, items: Sequence[str]) -> dict[str, Any]:
-    known = set(DistillSettings.__dataclass_fields__)
+    known = set(keys(DistillSettings))
     values: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or key not in known:
             raise InputError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(known))}")
-        values[key] = yaml.safe_load(text)
+        values[key] = _scalar(text)
+        if isinstance(values[key], Mapping):
+            raise InputError(f"--set {item!r}: expected one value, not a distribution")
+    checked = Reader(Path("--set")).read(DistillSettings, values, "distill")  # the schema's rules, one-line errors
+    values = {key: getattr(checked, key) for key in values}
     missing = [name for name, dist in space.searched.items() if dist.default is None and name not in values]
     if missing:
         raise InputError(f"{space.path}: distill.{missing[0]} is searched without a default: give it with --set {missing[0]}=VALUE")
     return values
+
+
+def distill_policy(space: Space, policy: dict[str, str], settings: DistillSettings, device: torch.device,
+                   log_dir: Path | None = None, start_state: dict | None = None, teacher: torch.nn.Module | None = None,
+                   log: Callable[[str], None] = print) -> Distillation:
+    """One distillation of `policy` trained to its last epoch: from `start_state` (a trial's checkpoint) when given,
+    else from the space's plug library under `init: library`, else from the ops' own start. `teacher` (the space's,
+    loaded) saves reading it again."""
+    teacher = teacher if teacher is not None else space.teacher.build()
+    plugs = None if start_state is not None else start_plugs(replace(space, distill=settings), teacher, policy, device)
+    run = Distillation(teacher, space.teacher, policy, space.data, settings, log_dir=log_dir, device=device, log=log)
+    if start_state is not None:
+        run.init_student(start_state)
+    elif plugs is not None:
+        run.init_plugs(plugs)
+    run.fit()
+    return run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,28 +174,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = replace(space.distill, **overrides, epochs=epochs)
     out = args.out / name
     device = pick_device(args.device)
-    print(f"retraining {origin} for {epochs} epochs on {device}", flush=True)
-    run = Distillation(space.teacher.build(), space.teacher, policy, space.data, settings, log_dir=out / "tb", device=device)
-    if start_state is not None:
-        run.init_student(start_state)
-    run.fit()
+    start = "" if start_state is not None else (" from the plug library" if settings.init == "library" else
+                                                 " from the ops' start (the teacher's weights, data-free)")
+    print(f"retraining {origin}{start} for {epochs} epochs on {device}", flush=True)
+    run = distill_policy(space, policy, settings, device, out / "tb", start_state)
     result = run.last_eval
     t = space.teacher
     student = run.student.cpu()
     d, val = space.data, run.val.dataset
-    save_student(out / "student.pt", student, t.arch, t.arch_args, policy, task=t.task, input_size=space.input_size,
+    save_student(out / STUDENT_FILE, student, t.arch, t.arch_args, policy, task=t.task, input_size=space.input_size,
                  search_path=t.search_path,
                  preprocess={"image_size": d.image_size, "eval_resize": d.eval_resize, "mean": list(d.mean), "std": list(d.std)},
                  classes=getattr(getattr(val, "dataset", val), "classes", None))  # a Subset (max_val_images) wraps the split
-    write_bytes_atomic(out / "policy.json", json.dumps(policy, indent=2).encode())
-    write_bytes_atomic(out / "eval.json", json.dumps({
+    write_bytes_atomic(out / POLICY_FILE, json.dumps(policy, indent=2).encode())
+    write_bytes_atomic(out / EVAL_FILE, json.dumps({
         **result.to_json(), "metric": space.search.score, "params": count_params(run.student),
         "teacher_params": run.teacher_params, "teacher": run.teacher_metrics, "epochs": epochs,
         "settings": settings.to_dict(),
     }, indent=2).encode())
     score = space.search.score
-    print(f"student: {out / 'student.pt'}  params {count_params(run.student) / 1e6:.3f}M  val {score} {result[score]:.4f}")
-    return 0 if args.no_onnx else export_student(student, out / "student.onnx", space.input_size)
+    print(f"student: {out / STUDENT_FILE}  params {count_params(run.student) / 1e6:.3f}M  val {score} {result[score]:.4f}")
+    return 0 if args.no_onnx else export_student(student, out / STUDENT_ONNX, space.input_size)
 
 
 def export_student(student, path: Path, input_size: tuple[int, int]) -> int:

@@ -28,13 +28,14 @@ import torch  # noqa: E402
 from ray import tune  # noqa: E402
 
 from data.errors import InputError, run_cli  # noqa: E402
+from data.names import KEEP, LATENCY_PREFIX, OPTUNA_FILE, RUN_FILE, SPACE_COPY, TEACHER_FILE, TRIALS_FILE  # noqa: E402
 from search.choices import PolicyChoices, resolve_choices  # noqa: E402
-from search.experiment import OPTUNA_FILE, RUN_FILE, SPACE_COPY, TEACHER_FILE, read_space_copy  # noqa: E402
+from search.experiment import read_space_copy  # noqa: E402
 from search.library import Library, build_library  # noqa: E402
 from search.lock import DriverLock  # noqa: E402
 from search.progress import ProgressPrinter  # noqa: E402
-from search.results import FINISHED, TRIALS_FILE, write_trials  # noqa: E402
-from search.searcher import make_scheduler, make_searcher  # noqa: E402
+from search.results import FINISHED, write_trials  # noqa: E402
+from search.searcher import make_scheduler, make_searcher, scheduler_callbacks  # noqa: E402
 from search.space import Space, load_space  # noqa: E402
 from search.storage import Location  # noqa: E402
 from search.teacher import check_classes  # noqa: E402
@@ -46,9 +47,10 @@ from trainable.latency import measure_latency, plug_latencies  # noqa: E402
 from trainable.loaders import unlabeled_set, val_loader  # noqa: E402
 
 INTERRUPTED = 130
+STORAGE = "runs"  # where new experiments go unless --storage says
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="search/run.py", description=__doc__.split("\n\n")[0],
         epilog="Both tasks: a segmentation space is scored by miou, a classification space by top1 (or top5); "
@@ -58,26 +60,35 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     target.add_argument("--space", type=Path, help="space file (YAML) of a new search")
     target.add_argument("--resume", metavar="DIR", help="experiment folder (or s3:// URI) of a search to continue")
     parser.add_argument("--name", help="experiment name (default: the space file's stem)")
-    parser.add_argument("--storage", default="runs",
-                        help="folder of experiments, shared by all nodes on a cluster, or s3://bucket/prefix")
+    parser.add_argument("--storage", help=f"folder of experiments, shared by all nodes on a cluster, or "
+                                           f"s3://bucket/prefix (default {STORAGE}; new searches only)")
     parser.add_argument("--num-samples", type=int, help="override search.num_samples")
     parser.add_argument("--address", help="address of an existing Ray cluster ('auto' to find one)")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.num_samples is not None and args.num_samples < 1:
         parser.error("--num-samples must be >= 1")
-    if args.resume is not None and (args.num_samples is not None or args.name is not None):
-        parser.error("--resume continues a search as it was started: --num-samples and --name apply to new searches")
+    if args.resume is not None and (args.num_samples is not None or args.name is not None or args.storage is not None):
+        parser.error("--resume continues a search as it was started: --num-samples, --name and --storage apply to "
+                     "new searches")
     return args
 
 
 def check_inputs(space: Space) -> None:
     """Fail early, before Ray starts, on what the trials would otherwise trip over."""
     if not space.teacher.checkpoint.is_file():
-        hint = f"; train it with: python search/teacher.py --space {space.path}" if space.teacher_training else ""
+        hint = f"; train it with: python search/teacher.py --space {space.path}" if space.teacher.train else ""
         raise InputError(f"{space.path}: teacher.checkpoint: file {space.teacher.checkpoint} not found{hint}")
     if not space.data.root.is_dir():
         raise InputError(f"{space.path}: data.root: expected an existing folder, got {space.data.root} (no such folder)")
-    unlabeled_set(space.data)
+    try:
+        unlabeled_set(space.data)
+    except InputError as err:  # names data.unlabeled and the folder
+        raise InputError(f"{space.path}: {err}") from None
     val_loader(space.data)
     check_classes(space)
 
@@ -92,7 +103,10 @@ def check_gpus(space: Space, available: float, where: str) -> None:
 
 
 def init_ray(address: str | None, space: Space) -> None:
-    if address is None:
+    """Join the cluster at `address` (or RAY_ADDRESS), else start Ray on this machine: never a cluster some other job
+    happens to run here (what ray.init() without an address would join)."""
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    if address == "local":
         check_gpus(space, torch.cuda.device_count(), "this machine")
     ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     check_gpus(space, ray.cluster_resources().get("GPU", 0), "the Ray cluster")
@@ -149,37 +163,40 @@ def _remote_teacher_metrics(space: Space, state: dict[str, np.ndarray]) -> dict[
 
 
 def _latencies(space: Space, state: dict[str, np.ndarray], layer_ops: dict[str, list[str]]) -> dict:
-    """The teacher's latency and each (layer, op)'s time alone, on the device a trial gets."""
+    """The teacher's latency and each (layer, op)'s time alone (none without `layer_ops`), on the device a trial gets."""
     device = pick_device()
     teacher = shared_teacher(space.teacher, state).to(device)
     s = space.latency
     measured = measure_latency(teacher, space.input_size, s.batch, device, s.warmup, s.runs, s.backend)
-    ops = {layer: ["keep", *names] for layer, names in layer_ops.items()}
-    table = plug_latencies(teacher, ops, space.input_size, s.batch, device, s.warmup, s.runs)
+    ops = {layer: [KEEP, *names] for layer, names in layer_ops.items()}
+    table = plug_latencies(teacher, ops, space.input_size, s.batch, device, s.warmup, s.runs) if ops else {}
     return {"device": describe_device(device), "teacher_ms": measured.median_ms, "spread": measured.spread, "table": table}
 
 
-def timed_ops(choices: PolicyChoices) -> dict[str, list[str]]:
-    """Every op (but keep) each layer of the search can take: what the latency table times."""
-    return {layer: [op for op in c.ops if op != "keep"] for c in choices.choices for layer in c.layers}
+def timed_ops(space: Space, choices: PolicyChoices) -> dict[str, list[str]]:
+    """Every op (but keep) each layer of the search can take, when the space times every plug (`Space.times_plugs`)."""
+    if not space.times_plugs:
+        return {}
+    return {layer: [op for op in c.ops if op != KEEP] for c in choices.choices for layer in c.layers}
 
 
 def latency_file(space: Space, choices: PolicyChoices) -> str:
     """The latency table's cache name: a hash of the teacher, input size, latency settings, timed ops and device kind."""
-    key = hashlib.sha256(json.dumps([space.teacher.arch, repr(space.teacher.args), list(space.input_size),
-                                     asdict(space.latency), timed_ops(choices), space.search.gpu > 0],
-                                    sort_keys=True).encode())
-    return f"latency-{key.hexdigest()[:16]}.json"
+    key = hashlib.sha256(json.dumps([space.teacher.arch, repr(sorted(space.teacher.arch_args.items())),
+                                     list(space.input_size), asdict(space.latency), timed_ops(space, choices),
+                                     space.search.gpu > 0], sort_keys=True).encode())
+    return f"{LATENCY_PREFIX}{key.hexdigest()[:16]}.json"
 
 
 def with_latency(space: Space, choices: PolicyChoices, state_ref: ray.ObjectRef, folder: Location) -> PolicyChoices:
-    """Choices that know each policy's predicted latency (and the latency budget), timed once and cached in `folder`."""
-    layer_ops = timed_ops(choices)
+    """Choices that know the teacher's latency and, when the space times every plug, each policy's predicted latency
+    (and the latency budget); timed once on the device a trial gets, cached in `folder`."""
+    layer_ops = timed_ops(space, choices)
     name = latency_file(space, choices)
     if folder.exists(name):
         timed = json.loads(folder.read_text(name))
     else:
-        print("timing the teacher and every plug alone ...", flush=True)
+        print("timing the teacher and every plug alone ..." if layer_ops else "timing the teacher ...", flush=True)
         measure = ray.remote(num_cpus=space.search.cpu, num_gpus=space.search.gpu)(_latencies)
         timed = ray.get(measure.remote(space, state_ref, layer_ops))
         folder.write_text(name, json.dumps(timed, indent=2))
@@ -222,11 +239,12 @@ def optuna_storage(experiment: Location) -> optuna.storages.BaseStorage | None:
 
 def new_tuner(space: Space, choices: PolicyChoices, experiment: Location, num_samples: int, trainable) -> tune.Tuner:
     storage = experiment.parent()
+    scheduler = make_scheduler(space)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=make_searcher(space, choices, num_samples, storage=optuna_storage(experiment)),
-            scheduler=make_scheduler(space),
+            scheduler=scheduler,
             num_samples=num_samples,
             max_concurrent_trials=space.search.max_concurrent,
             reuse_actors=space.search.reuse_actors,
@@ -237,8 +255,11 @@ def new_tuner(space: Space, choices: PolicyChoices, experiment: Location, num_sa
             storage_path=storage.path,
             storage_filesystem=None if storage.local is not None else storage.fs,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # A trial's working folder (its TensorBoard files in tb/) is copied into its folder of the experiment
+            # at each report: with reused actors, a worker's later trials would otherwise keep theirs in /tmp.
+            sync_config=tune.SyncConfig(sync_artifacts=True),
             failure_config=tune.FailureConfig(max_failures=space.search.max_failures),
-            callbacks=[ProgressPrinter(space.search.score)],
+            callbacks=[ProgressPrinter(space.search.score), *scheduler_callbacks(scheduler)],
             verbose=0,
         ),
     )
@@ -248,11 +269,20 @@ def ray_filesystem(experiment: Location) -> pafs.FileSystem | None:
     return None if experiment.local is not None else experiment.fs
 
 
-def summarize(experiment: Location, num_samples: int, wall_s: float, space: Space) -> int:
-    """Write trials.parquet; tell an interrupted search from a finished one; print Tune's share of the wall time."""
+def exhausted(tuner: tune.Tuner) -> bool:
+    """Whether the searcher that `tuner.fit()` ran ended the search for want of new settings. Ray keeps that searcher,
+    new or restored from the experiment, in the tuner's TuneConfig (it has no public accessor)."""
+    return bool(getattr(tuner._local_tuner._tune_config.search_alg, "exhausted", False))
+
+
+def summarize(experiment: Location, num_samples: int, wall_s: float, space: Space, ran_out: bool = False) -> int:
+    """Write trials.parquet; tell an interrupted search from a finished one (also one whose searcher `ran_out` of new
+    settings); print Tune's share of the wall time."""
     analysis = tune.ExperimentAnalysis(experiment.path, storage_filesystem=ray_filesystem(experiment))
     done = [t for t in analysis.trials if t.status in FINISHED]
-    if len(done) < num_samples:
+    if ran_out and len(done) == len(analysis.trials):
+        print(f"the searcher found no new settings to try after {len(done)} of {num_samples} trials: the search ends")
+    elif len(done) < num_samples:
         print(
             f"\nsearch interrupted: {len(done)} of {num_samples} trials finished. "
             f"Resume with: python search/run.py --resume {experiment.text}",
@@ -284,7 +314,7 @@ def open_experiment(args: argparse.Namespace) -> tuple[Location, Space, dict]:
         record = json.loads(experiment.read_text(RUN_FILE))
         return experiment, read_space_copy(experiment, record), record
     space = load_space(args.space)
-    experiment = Location.parse(args.storage).child(args.name or space.name)
+    experiment = Location.parse(args.storage or STORAGE).child(args.name or space.name)
     if experiment.exists(RUN_FILE):
         raise InputError(f"{experiment.text}: experiment exists; resume it with --resume {experiment.text} or pick another --name")
     record = {"num_samples": args.num_samples or space.search.num_samples, "space": str(space.path.resolve()),
@@ -316,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         state_ref = ray.put(teacher_arrays(teacher))
         summary = teacher_summary(space, experiment, teacher, state_ref)
         del teacher
-        if space.latency is not None:
+        if space.latency.enabled:
             folder = Location.parse(library.cache.folder) if library is not None else experiment
             choices = with_latency(space, choices, state_ref, folder)
             if summary.get("latency_ms") is None:
@@ -331,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             tuner = new_tuner(space, choices, experiment, record["num_samples"], trainable)
         tuner.fit()
-        return summarize(experiment, record["num_samples"], time.monotonic() - started, space)
+        return summarize(experiment, record["num_samples"], time.monotonic() - started, space, exhausted(tuner))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from data.kinds import kind
 from search.space import Space, load_space
 from data.files import write_text_atomic
 from trainable.checkpoint import save_atomic
-from trainable.config import pick_device
+from trainable.config import DEVICE_HELP, pick_device
 from trainable.inventory import output_classes
 from trainable.loaders import val_loader
 from trainable.supervised import train_supervised
@@ -35,12 +35,16 @@ def check_classes(space: Space) -> int:
     return outputs
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="search/teacher.py", description=__doc__.splitlines()[0])
     parser.add_argument("--space", required=True, help="space file whose teacher to train or evaluate")
     parser.add_argument("--evaluate", action="store_true", help="only evaluate teacher.checkpoint on the val split")
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args(argv)
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     space = load_space(args.space)
     device = pick_device(args.device)
     t, task = space.teacher, space.task
@@ -53,9 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = task.evaluate(teacher, loader, space.data, classes, device)
         print(json.dumps({"checkpoint": str(t.checkpoint), **result.to_json()}, indent=2))
         return 0
-    if space.teacher_training is None:
+    if space.teacher.train is None:
         raise InputError(f"{space.path}: teacher.train: missing section (this space's teacher comes from a checkpoint)")
-    training = space.teacher_training
+    training = space.teacher.train
     torch.manual_seed(space.search.seed)  # the initial weights: the demo's teacher is the same on every machine run
     teacher = t.build(load=False).train().requires_grad_(True)
     print(f"training {t.arch} {t.arch_args} for {training.epochs} epochs on {space.data.root}", flush=True)

@@ -24,13 +24,11 @@ from data.errors import InputError
 from data.kinds import kind
 from data.settings import DataSettings
 from search.choices import PolicyChoices
-from search.space import LatencySettings
 from trainable.checkpoint import read_file
-from trainable.config import DistillSettings, TeacherSettings
+from trainable.config import DistillSettings, LatencySettings, TeacherSettings
 from trainable.distill import Distillation, NonFiniteLoss
-from trainable.inventory import convs
 from trainable.latency import measure_latency
-from trainable.library import PlugCache
+from trainable.library import PlugCache, policy_plugs
 
 STATE_FILE = "state.pt"
 
@@ -46,7 +44,7 @@ class TrialSetup:
     teacher_metrics: dict[str, float]
     score: str
     library: PlugCache | None = None  # trained plugs to start from (distill.init: library)
-    latency: LatencySettings | None = None  # each student's latency is measured when set
+    latency: LatencySettings = LatencySettings()  # each student's latency is measured when enabled
 
 
 _TEACHERS: dict[tuple, nn.Module] = {}
@@ -62,7 +60,7 @@ def shared_teacher(settings: TeacherSettings, state: Mapping[str, np.ndarray]) -
 
     Each array takes the dtype the module builds, whatever dtype travelled.
     """
-    key = (settings.arch, repr(settings.args), str(settings.checkpoint))
+    key = (settings.arch, repr(sorted(settings.arch_args.items())), str(settings.checkpoint))
     if key not in _TEACHERS:
         _TEACHERS.clear()
         teacher = settings.structure()
@@ -87,20 +85,6 @@ def error_reason(err: BaseException) -> str:
         return "nonfinite_loss"
     message = str(err).strip().splitlines()
     return f"{type(err).__name__}: {message[0]}" if message else type(err).__name__
-
-
-def library_plugs(cache: PlugCache, teacher: nn.Module, policy: Mapping[str, str]) -> dict[str, dict[str, torch.Tensor]]:
-    """The trained weights of every plug of `policy`, read once from the library's folder."""
-    named = convs(teacher)
-    states = {}
-    for layer, op in policy.items():
-        if op == "keep":
-            continue
-        state = cache.read(layer, op, named[layer])
-        if state is None:
-            raise InputError(f"{cache.path(layer, op)}: plug {layer} {op} missing from the library; run search/library.py")
-        states[layer] = state
-    return states
 
 
 def resume_state(checkpoint: tune.Checkpoint | None) -> tuple[dict | None, str | None]:
@@ -151,13 +135,13 @@ def distill_trial(config: dict, setup: TrialSetup, teacher_state: dict[str, np.n
             shared_teacher(setup.teacher, teacher_state), setup.teacher, policy, setup.data, settings,
             log_dir=Path(tune.get_context().get_trial_dir()) / "tb", teacher_metrics=setup.teacher_metrics,
         )
-        if setup.latency is not None:
+        if setup.latency.enabled:
             s = setup.latency
             measured = measure_latency(run.student, kind(setup.data.dataset).input_size(setup.data), s.batch, run.device,
                                        s.warmup, s.runs, s.backend)
             base.update(latency_ms=measured.median_ms, latency_ratio=measured.median_ms / setup.choices.teacher_latency_ms)
         if setup.library is not None and settings.init == "library":
-            run.init_plugs(library_plugs(setup.library, run.teacher, policy))
+            run.init_plugs(policy_plugs(setup.library, run.teacher, policy))
         state, warning = resume_state(tune.get_checkpoint())
         if state is not None:
             run.load_state_dict(state)

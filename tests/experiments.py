@@ -1,4 +1,4 @@
-"""Reading a search's experiment folder while it runs and after: trial results, file trees, the Optuna study."""
+"""Reading a search while it runs and after: its progress lines, trial results, file trees, the Optuna study."""
 from __future__ import annotations
 
 import hashlib
@@ -12,12 +12,21 @@ from typing import Callable, Iterable
 import optuna
 import pytest
 
+from data.names import COMPLETED, INFEASIBLE, OPTUNA_FILE, RESULT_FILE, STOPPED_EARLY
+
 TIMEOUT = 300
+TRIAL_ENDS = (COMPLETED, STOPPED_EARLY, INFEASIBLE)  # the statuses a progress line gives a trial that ended
+
+
+def trial_end(line: str) -> tuple[str, str] | None:
+    """(trial id, status) when a line of the driver's progress says a trial ended, else None."""
+    fields = line.split()
+    return (fields[0], fields[5]) if len(fields) >= 6 and fields[5] in TRIAL_ENDS else None
 
 
 def result_rows(trial_dir: Path) -> list[dict]:
     """The complete lines of a trial's result.json (Ray may be writing the last one)."""
-    path = trial_dir / "result.json"
+    path = trial_dir / RESULT_FILE
     rows = []
     for line in (path.read_text().splitlines() if path.exists() else []):
         try:
@@ -35,7 +44,7 @@ def tree(folder: Path) -> dict[str, tuple[int, int, str]]:
 
 def study_states(experiment: Path) -> dict[float, str]:
     """The experiment's Optuna study, read as optuna-dashboard reads it: trial state by its sampled w_hint."""
-    study = optuna.load_study(study_name="plugkd", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    study = optuna.load_study(study_name="plugkd", storage=f"sqlite:///{experiment / OPTUNA_FILE}")
     return {t.params["distill/w_hint"]: t.state.name for t in study.trials}
 
 

@@ -10,6 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from data.names import (
+    COMPLETED, ERROR, INFEASIBLE, KEEP, MEASURED_STATUSES, PLUGS_FILE, RESULT_FILE, RUN_FILE, STATUSES, STOPPED_EARLY,
+    TEACHER_FILE, TRIALS_FILE,
+)
+from trainable import tasks
+
 LAYERS = [f"mod{m}.block{b}.convs.conv{c}" for m in (5, 6) for b in (1, 2, 3) for c in (1, 2)]
 # op: (share of a layer's params saved, metric drop it costs a layer of sensitivity 1 after distillation)
 OPS = {"keep": (0.0, 0.0), "dws": (0.88, 0.012), "group4": (0.7, 0.006), "bottleneck2": (0.6, 0.004)}
@@ -30,13 +36,13 @@ class Task:
     others: tuple[str, ...] = ()
 
 
-SEGMENTATION = Task("segmentation", "miou", "mIoU",
+SEGMENTATION = Task(tasks.Segmentation.name, "miou", "mIoU",
                     {"arch": "deepwv3plus", "params": 137_000_000, "flops": 2_000_000_000_000, "latency_ms": 180.0,
                      "miou": 0.834})
-CLASSIFICATION = Task("classification", "top1", "top-1",
+CLASSIFICATION = Task(tasks.Classification.name, "top1", "top-1",
                       {"arch": "resnet56", "params": 855_770, "flops": 126_000_000, "latency_ms": None,
                        "top1": 0.935, "top5": 0.998}, others=("top5",))
-LATENCY_AT_TEACHER = {"segmentation": 180.0, "classification": 2.5}
+LATENCY_AT_TEACHER = {SEGMENTATION.name: 180.0, CLASSIFICATION.name: 2.5}
 
 
 def solo_drop(layer: str, op: str) -> float:
@@ -58,7 +64,7 @@ def write_library(file: Path, task: Task) -> pd.DataFrame:
     rows = [{"layer": layer, "op": op, "params": int(layer_params * (1 - saved)),
              "flops": int(layer_params * (1 - saved) * 64), "local_error": 0.1 * drop * SENSITIVITY[layer],
              "solo_score": score - solo_drop(layer, op), "solo_drop": solo_drop(layer, op)}
-            for layer in LAYERS for op, (saved, drop) in OPS.items() if op != "keep"]
+            for layer in LAYERS for op, (saved, drop) in OPS.items() if op != KEEP]
     file.parent.mkdir(parents=True, exist_ok=True)
     plugs = pd.DataFrame(rows)
     plugs.to_parquet(file)
@@ -80,7 +86,7 @@ def make_experiment(root: Path, name: str = "exp", n_trials: int = 300, seed: in
     folder.mkdir(parents=True)
     metric, score = task.metric, task.teacher[task.metric]
     layer_params = task.teacher["params"] // 30
-    statuses = rng.choice(["completed", "stopped_early", "infeasible", "error"], size=n_trials,
+    statuses = rng.choice(list(STATUSES), size=n_trials,
                           p=[0.5, 0.3, 0.12, 0.08])
     rows = []
     for i, status in enumerate(statuses):
@@ -89,8 +95,8 @@ def make_experiment(root: Path, name: str = "exp", n_trials: int = 300, seed: in
         params = int(task.teacher["params"] - sum(OPS[op][0] for op in ops) * layer_params)
         drop = sum(OPS[op][1] * SENSITIVITY[layer] for layer, op in policy.items())
         base = score - 0.004 - drop + shift + rng.normal(0, 0.006)
-        epochs = {"completed": 9, "stopped_early": int(rng.choice([1, 3])), "infeasible": 0}.get(status, 2)
-        scored = status in ("completed", "stopped_early")
+        epochs = {COMPLETED: 9, STOPPED_EARLY: int(rng.choice([1, 3])), INFEASIBLE: 0}.get(status, 2)
+        scored = status in MEASURED_STATUSES
         value = round(float(np.clip(base - 0.05 / epochs, 0, 1)), 4) if scored else None
         trial_id = f"t{seed}_{i:04d}"
         row = {"trial_id": trial_id, "status": str(status), "policy": json.dumps(policy),
@@ -101,14 +107,14 @@ def make_experiment(root: Path, name: str = "exp", n_trials: int = 300, seed: in
                **{other: (min(1.0, value + 0.05) if scored else None) for other in task.others},
                "epochs": epochs, "wall_s": float(epochs * 30), "checkpoint": None}
         if not legacy:
-            timed = status != "error" and rng.random() > 0.1
+            timed = status != ERROR and rng.random() > 0.1
             latency = LATENCY_AT_TEACHER[task.name] * params / task.teacher["params"] * rng.lognormal(0, 0.05)
             row.update({
-                "reason": ERROR_REASONS[int(rng.integers(len(ERROR_REASONS)))] if status == "error" else None,
+                "reason": ERROR_REASONS[int(rng.integers(len(ERROR_REASONS)))] if status == ERROR else None,
                 "retries": int(rng.choice([0, 0, 0, 1, 2])),
                 "latency_ms": float(latency) if timed else None,
                 "latency_pred_ms": float(latency * rng.lognormal(0, 0.1)) if timed and rng.random() > 0.05 else None,
-                "predicted_drop": sum(solo_drop(layer, op) for layer, op in policy.items() if op != "keep"),
+                "predicted_drop": sum(solo_drop(layer, op) for layer, op in policy.items() if op != KEEP),
                 "proposal": "library" if i < 10 else str(rng.choice(["optuna", "repaired"], p=[0.95, 0.05])),
             })
         rows.append(row)
@@ -122,14 +128,14 @@ def make_experiment(root: Path, name: str = "exp", n_trials: int = 300, seed: in
             if i == 0:
                 lines.insert(1, "{not json")
                 lines.append(json.dumps({"trial_id": trial_id, "training_iteration": 99}))
-            (trial_dir / "result.json").write_text("\n".join(lines) + "\n")
-    pd.DataFrame(rows).to_parquet(folder / "trials.parquet")
+            (trial_dir / RESULT_FILE).write_text("\n".join(lines) + "\n")
+    pd.DataFrame(rows).to_parquet(folder / TRIALS_FILE)
     if teacher:
-        (folder / "teacher.json").write_text(json.dumps(teacher_json(task, legacy)))
+        (folder / TEACHER_FILE).write_text(json.dumps(teacher_json(task, legacy)))
     if library:
-        plugs = root / "cache" / name / "plugs.parquet"
+        plugs = root / "cache" / name / PLUGS_FILE
         if library != "missing":
             write_library(plugs, task)
         named = str(plugs) if library == "absolute" else os.path.relpath(plugs, folder)
-        (folder / "run.json").write_text(json.dumps({"space": "spaces/demo.yaml", "library": named}))
+        (folder / RUN_FILE).write_text(json.dumps({"space": "spaces/demo.yaml", "library": named}))
     return folder

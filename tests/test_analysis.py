@@ -21,10 +21,13 @@ from analysis import (drop_table, hypervolume, knee_index, layer_sensitivity, lo
 from analysis.__main__ import main
 from analysis.policy import describe, summarize
 from data.errors import run_cli
-from fixtures_analysis import CLASSIFICATION, LAYERS, SEGMENTATION, make_experiment
+from data.names import (
+    COMPARE_PLOT, COMPLETED, CURVES_PLOT, ERROR, FRONT_CSV, FRONT_PLOT, INFEASIBLE, LAYERS_PLOT, MEASURED_STATUSES,
+    PLUGS_FILE, REPORT_FILE, RUN_FILE, SENSITIVITY_PLOT, STATUSES, TEACHER_FILE, TRIALS_FILE,
+)
+from tests.fixtures_analysis import CLASSIFICATION, LAYERS, SEGMENTATION, make_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
-STATUSES = ["completed", "stopped_early", "infeasible", "error"]
 
 
 def brute_front(points: list[tuple[float, float]]) -> list[bool]:
@@ -57,7 +60,7 @@ def test_pareto_front_of_a_table_keeps_exactly_the_measured_non_dominated(rows):
                           "params": [float(r[0]) for r in rows],
                           "miou": [np.nan if r[1] is None else r[1] / 6 for r in rows],
                           "status": [r[2] for r in rows]})
-    pool = table[table["status"].isin(["completed", "stopped_early"]) & table["miou"].notna()]
+    pool = table[table["status"].isin(MEASURED_STATUSES) & table["miou"].notna()]
     keep = brute_front(list(zip(pool["params"], pool["miou"])))
     assert set(pareto_front(table, "params", "miou")["trial_id"]) == set(pool["trial_id"][keep])
 
@@ -145,11 +148,11 @@ class Run:
 
     @property
     def trials(self) -> pd.DataFrame:
-        return pd.read_parquet(self.folder / "trials.parquet")
+        return pd.read_parquet(self.folder / TRIALS_FILE)
 
     @property
     def report(self) -> str:
-        return (self.folder / "report.md").read_text()
+        return (self.folder / REPORT_FILE).read_text()
 
 
 def _run(*argv: object) -> str:
@@ -160,7 +163,7 @@ def _run(*argv: object) -> str:
 
 
 def _brute_ids(trials: pd.DataFrame, x: str, metric: str) -> set[str]:
-    pool = trials[trials["status"].isin(["completed", "stopped_early"]) & trials[metric].notna() & trials[x].notna()]
+    pool = trials[trials["status"].isin(MEASURED_STATUSES) & trials[metric].notna() & trials[x].notna()]
     return set(pool["trial_id"][brute_front(list(zip(pool[x], pool[metric])))])
 
 
@@ -195,25 +198,27 @@ def old(root, seg) -> Run:
 
 
 def test_segmentation_writes_every_file(seg):
-    for name in ("pareto.png", "pareto.csv", "curves.png", "layers.png", "report.md", "sensitivity.png"):
+    for name in (FRONT_PLOT, FRONT_CSV, CURVES_PLOT, LAYERS_PLOT, REPORT_FILE, SENSITIVITY_PLOT):
         assert (seg.folder / name).stat().st_size > 0, name
     want = _brute_ids(seg.trials, "params", "miou")
-    written = pd.read_csv(seg.folder / "pareto.csv")
+    written = pd.read_csv(seg.folder / FRONT_CSV)
     assert set(written["trial_id"]) == want
     assert list(written.columns) == ["trial_id", "status", "params", "flops", "latency_ms", "miou",
                                      "policy_summary", "policy"]
     assert written["policy_summary"].str.match(r"^\d+ plugged: ").all()
     for needle in ("| trial | params (M) | GFLOPs | latency (ms) | mIoU (%) | status | proposal | policy |",
-                   "hypervolume", "% mIoU", "## Knee", "## Best trial", "](pareto.png)", "](curves.png)",
-                   "](layers.png)", "](sensitivity.png)", "(segmentation)", "180.00 ms"):
+                   "hypervolume", "% mIoU", "## Knee", "## Best trial", f"]({FRONT_PLOT})",
+                   f"]({CURVES_PLOT})", f"]({LAYERS_PLOT})", f"]({SENSITIVITY_PLOT})", f"({SEGMENTATION.name})",
+                   "180.00 ms"):
         assert needle in seg.report, needle
     assert all(t in seg.out for t in want)
-    assert "wrote pareto.csv, pareto.png, curves.png, layers.png, report.md, sensitivity.png" in seg.out
+    files = (FRONT_CSV, FRONT_PLOT, CURVES_PLOT, LAYERS_PLOT, REPORT_FILE, SENSITIVITY_PLOT)
+    assert f"wrote {', '.join(files)}" in seg.out
 
 
 def test_report_counts_errors_by_reason_and_retries(seg):
     trials = seg.trials
-    errors = trials[trials["status"] == "error"]
+    errors = trials[trials["status"] == ERROR]
     assert f"{len(errors)} trials ended in error (" in seg.report
     for reason, count in errors["reason"].fillna("no reason recorded").value_counts().items():
         assert f"| {reason} | {count} |" in seg.report
@@ -233,7 +238,7 @@ def test_report_rates_the_latency_predictor(seg):
 
 def test_report_rates_the_library_drop_predictor(seg):
     trials = seg.trials
-    pool = trials[trials["status"].isin(["completed", "stopped_early"])]
+    pool = trials[trials["status"].isin(MEASURED_STATUSES)]
     drop = SEGMENTATION.teacher["miou"] - pool["miou"]
     rho = spearmanr(pool["predicted_drop"], drop).statistic
     assert rho > 0.3
@@ -247,7 +252,7 @@ def test_report_names_the_most_and_least_sensitive_layers(seg):
     assert text.startswith(f"Most sensitive: `{LAYERS[-1]}`", most)
     assert text.startswith(f"Least sensitive: `{LAYERS[0]}`", least)
     assert f"{len(LAYERS) * 3} plugs over {len(LAYERS)} layers" in text
-    assert str((seg.folder.parent / "cache" / "seg" / "plugs.parquet").resolve()) in text
+    assert str((seg.folder.parent / "cache" / "seg" / PLUGS_FILE).resolve()) in text
 
 
 def test_curves_skip_broken_lines(seg):
@@ -259,27 +264,27 @@ def test_curves_skip_broken_lines(seg):
 
 
 def test_classification_is_keyed_by_top1_against_latency(cls):
-    written = pd.read_csv(cls.folder / "pareto.csv")
+    written = pd.read_csv(cls.folder / FRONT_CSV)
     assert set(written["trial_id"]) == _brute_ids(cls.trials, "latency_ms", "top1")
     assert "top1" in written.columns and "miou" not in written.columns
     report = cls.report
     assert "| trial | params (M) | GFLOPs | latency (ms) | top-1 (%) |" in report
     assert "latency_ms down, top-1 up" in report and "largest trial" in report
     assert "miou" not in report.lower()
-    assert "(classification)" in report and "](sensitivity.png)" in report
+    assert f"({CLASSIFICATION.name})" in report and f"]({SENSITIVITY_PLOT})" in report
     curves = load_curves(cls.folder, "top1")
     assert not curves.empty and curves["top1"].between(0, 1).all()
 
 
 def test_old_experiment_reads_as_miou_and_compares(old):
-    assert "miou" in pd.read_csv(old.folder / "pareto.csv").columns
+    assert "miou" in pd.read_csv(old.folder / FRONT_CSV).columns
     report = old.report
     assert "| trial | params (M) | GFLOPs | mIoU (%) |" in report and "latency" not in report
     for absent in ("## Predictions", "Retries", "## Plug library", "proposals"):
         assert absent not in report
     statement = "seg has the larger hypervolume"
     assert statement in old.out and statement in report
-    assert (old.folder / "compare.png").stat().st_size > 0
+    assert (old.folder / COMPARE_PLOT).stat().st_size > 0
 
 
 def _exit_line(argv: list[object], capsys) -> str:
@@ -298,21 +303,21 @@ def test_compare_refuses_another_metric(seg, cls, capsys):
 def _folder(root: Path, name: str, table: dict, teacher: dict | None = None) -> Path:
     folder = root / name
     folder.mkdir()
-    pd.DataFrame(table).to_parquet(folder / "trials.parquet")
+    pd.DataFrame(table).to_parquet(folder / TRIALS_FILE)
     if teacher is not None:
-        (folder / "teacher.json").write_text(json.dumps(teacher))
+        (folder / TEACHER_FILE).write_text(json.dumps(teacher))
     return folder
 
 
 def test_latency_axis_needs_latency_values(old, tmp_path, capsys):
     assert "column 'latency_ms' is missing" in _exit_line([old.folder, "--x", "latency_ms"], capsys)
-    folder = _folder(tmp_path, "untimed", {"trial_id": ["a"], "status": ["completed"], "params": [1.0],
+    folder = _folder(tmp_path, "untimed", {"trial_id": ["a"], "status": [COMPLETED], "params": [1.0],
                                            "miou": [0.5], "latency_ms": [None]})
     assert "column 'latency_ms' holds no value" in _exit_line([folder, "--x", "latency_ms"], capsys)
 
 
 def test_teacher_json_names_the_metric(tmp_path, capsys):
-    table = {"trial_id": ["a"], "status": ["completed"], "params": [1.0], "miou": [0.5]}
+    table = {"trial_id": ["a"], "status": [COMPLETED], "params": [1.0], "miou": [0.5]}
     wrong = _folder(tmp_path, "wrong", table, {"metric": 3})
     assert "field 'metric' is 3" in _exit_line([wrong], capsys)
     other = _folder(tmp_path, "other", table, {"metric": "top1", "metric_label": "top-1"})
@@ -320,22 +325,22 @@ def test_teacher_json_names_the_metric(tmp_path, capsys):
 
 
 def test_bad_plug_library_is_an_input_error(tmp_path, capsys):
-    folder = _folder(tmp_path, "lib", {"trial_id": ["a"], "status": ["completed"], "params": [1.0], "miou": [0.5]})
-    pd.DataFrame({"layer": ["x"], "op": ["dws"], "solo_score": [0.4]}).to_parquet(tmp_path / "plugs.parquet")
-    (folder / "run.json").write_text(json.dumps({"library": "../plugs.parquet"}))
+    folder = _folder(tmp_path, "lib", {"trial_id": ["a"], "status": [COMPLETED], "params": [1.0], "miou": [0.5]})
+    pd.DataFrame({"layer": ["x"], "op": ["dws"], "solo_score": [0.4]}).to_parquet(tmp_path / PLUGS_FILE)
+    (folder / RUN_FILE).write_text(json.dumps({"library": f"../{PLUGS_FILE}"}))
     assert "column 'solo_drop' is missing" in _exit_line([folder], capsys)
-    assert not (folder / "report.md").exists()
+    assert not (folder / REPORT_FILE).exists()
 
 
 def test_empty_table_and_no_measured_trial_exit_2(tmp_path, capsys):
     columns = {"trial_id": pd.Series([], dtype=str), "status": pd.Series([], dtype=str),
                "params": pd.Series([], dtype=float), "miou": pd.Series([], dtype=float)}
     assert "empty" in _exit_line([_folder(tmp_path, "empty", columns)], capsys)
-    unmeasured = _folder(tmp_path, "unmeasured", {"trial_id": ["a", "b"], "status": ["infeasible", "error"],
+    unmeasured = _folder(tmp_path, "unmeasured", {"trial_id": ["a", "b"], "status": [INFEASIBLE, ERROR],
                                                   "params": [1.0, 2.0], "top1": [None, None]},
                          {"metric": "top1", "metric_label": "top-1"})
     assert "no trial has a measured top1" in _exit_line([unmeasured], capsys)
-    assert "trials.parquet: not found" in _exit_line([tmp_path], capsys)
+    assert f"{TRIALS_FILE}: not found" in _exit_line([tmp_path], capsys)
 
 
 def test_missing_folder_exits_2_with_one_line(tmp_path):
@@ -351,7 +356,7 @@ def test_import_loads_neither_torch_nor_ray():
 
 
 def test_bad_policy_json_is_an_input_error(tmp_path, capsys):
-    folder = _folder(tmp_path, "bad", {"trial_id": ["a"], "status": ["completed"], "params": [1.0], "miou": [0.5],
+    folder = _folder(tmp_path, "bad", {"trial_id": ["a"], "status": [COMPLETED], "params": [1.0], "miou": [0.5],
                                        "policy": ["{oops"]})
     assert "policy" in _exit_line([folder], capsys)
 
@@ -359,7 +364,7 @@ def test_bad_policy_json_is_an_input_error(tmp_path, capsys):
 def test_absent_teacher_and_library_file_degrade_gracefully(tmp_path):
     folder = make_experiment(tmp_path, "bare", 40, seed=3, teacher=False, results=False, library="missing")
     out = _run(folder)
-    report = (folder / "report.md").read_text()
+    report = (folder / REPORT_FILE).read_text()
     assert "largest trial" in report and "which is not there" in report
-    assert "not found; no sensitivity.png" in out and not (folder / "sensitivity.png").exists()
-    assert json.loads(pd.read_csv(folder / "pareto.csv")["policy"].iloc[0])
+    assert f"not found; no {SENSITIVITY_PLOT}" in out and not (folder / SENSITIVITY_PLOT).exists()
+    assert json.loads(pd.read_csv(folder / FRONT_CSV)["policy"].iloc[0])

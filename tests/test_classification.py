@@ -23,14 +23,16 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from cli import exit_2_line, run_main, run_ok
+from data.names import COMPLETED, EVAL_FILE, POLICY_FILE, STUDENT_FILE, TEACHER_FILE, TRIALS_FILE
 from data.synthetic import generate_imagefolder
+from tests.cli import exit_2_line, run_main, run_ok
+from tests.searches import space_with, write_space
+from trainable import tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = ROOT / "tests" / "spaces"
@@ -90,14 +92,10 @@ def train_teacher(model: nn.Module, folder: Path, epochs: int) -> None:
     model.eval()
 
 
-def write_space(folder: Path, **changes: dict) -> Path:
+def changed_space(folder: Path, **changes: dict) -> Path:
     """A copy of the test space in `folder` with some fields of its sections changed; returns its path."""
-    space = yaml.safe_load((SPACES / SPACE).read_text())
-    for section, fields in changes.items():
-        space[section].update(fields)
-    path = folder / f"{'_'.join(changes) or 'space'}_{len(list(folder.glob('*.yaml')))}.yaml"
-    path.write_text(yaml.safe_dump(space, sort_keys=False))
-    return path
+    name = f"{'_'.join(changes) or 'space'}_{len(list(folder.glob('*.yaml')))}.yaml"
+    return write_space(folder, space_with(SPACES / SPACE, **changes), name)
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +148,7 @@ def test_lightning_checkpoint_with_strip_prefix(in_work, teacher):
                  "state_dict": {f"model.{k.removeprefix('module.')}": v for k, v in state.items()},
                  "hyper_parameters": {"lr": 0.01}, "optimizer_states": [], "lr_schedulers": []}
     torch.save(lightning, in_work / "checkpoints" / "last.ckpt")
-    space = write_space(in_work, teacher={"checkpoint": "checkpoints/last.ckpt", "strip_prefix": "model."})
+    space = changed_space(in_work, teacher={"checkpoint": "checkpoints/last.ckpt", "strip_prefix": "model."})
     printed = json.loads(run_ok(command.main, ["--space", space, "--evaluate", "--device", "cpu"]))
     assert printed["top1"] == plain_topk(teacher, in_work / DATA / "val")["top1"]
 
@@ -162,7 +160,7 @@ def test_top5_with_five_classes(in_work):
     torch.manual_seed(1)
     model = _module(in_work / "tiny_resnet.py").resnet8(num_classes=5, width=8).eval()
     torch.save(model.state_dict(), in_work / "checkpoints" / "five.pth")
-    space = write_space(in_work, teacher={"args": {"num_classes": 5, "width": 8}, "checkpoint": "checkpoints/five.pth"},
+    space = changed_space(in_work, teacher={"args": {"num_classes": 5, "width": 8}, "checkpoint": "checkpoints/five.pth"},
                         data={"root": "data/five"})
     printed = json.loads(run_ok(command.main, ["--space", space, "--evaluate", "--device", "cpu"]))
     expected = plain_topk(model, in_work / "data" / "five" / "val", ks=(1, 5))
@@ -174,7 +172,7 @@ def test_val_classes_unlike_the_teachers_outputs_exit_2(in_work):
 
     if not (in_work / "data" / "five").exists():
         generate_imagefolder(in_work / "data" / "five", classes=5, train=0, val=3, unlabeled=2, size=32, seed=1)
-    space = write_space(in_work, data={"root": "data/five"})  # 5 class folders, the 4-class teacher
+    space = changed_space(in_work, data={"root": "data/five"})  # 5 class folders, the 4-class teacher
     val = str(in_work / "data" / "five" / "val")
     for main in (run.main, command.main):
         argv = ["--space", space] + (["--evaluate"] if main is command.main else ["--storage", in_work / "bad_runs"])
@@ -187,7 +185,7 @@ def test_empty_unlabeled_folder_exit_2(in_work):
     from search import run
 
     (in_work / DATA / "empty").mkdir()
-    space = write_space(in_work, data={"unlabeled": ["empty"]})
+    space = changed_space(in_work, data={"unlabeled": ["empty"]})
     line = exit_2_line(run.main, ["--space", space, "--storage", in_work / "bad_runs"])
     assert str(in_work / DATA / "empty") in line and "no images" in line
 
@@ -202,12 +200,12 @@ def searched(work) -> Path:
 
 
 def test_search_writes_top1(searched, teacher, work):
-    summary = json.loads((searched / "teacher.json").read_text())
-    assert (summary["task"], summary["metric"], summary["num_classes"]) == ("classification", "top1", 4)
+    summary = json.loads((searched / TEACHER_FILE).read_text())
+    assert (summary["task"], summary["metric"], summary["num_classes"]) == (tasks.Classification.name, "top1", 4)
     assert summary["top1"] == plain_topk(teacher, work / DATA / "val")["top1"]
     assert "top5" not in summary
-    table = pd.read_parquet(searched / "trials.parquet")
-    assert len(table) == 3 and (table["status"] == "completed").all()
+    table = pd.read_parquet(searched / TRIALS_FILE)
+    assert len(table) == 3 and (table["status"] == COMPLETED).all()
     assert {"top1", "top1_last"} <= set(table.columns) and "miou" not in table.columns
     assert table["top1"].between(0, 1).all() and (table["top1"] >= table["top1_last"]).all()
     assert (table["epochs"] == 2).all()
@@ -229,11 +227,11 @@ def retrained(searched, work) -> Path:
 
 
 def test_retrain_writes_student_and_eval(retrained):
-    scores = json.loads((retrained / "eval.json").read_text())
+    scores = json.loads((retrained / EVAL_FILE).read_text())
     assert scores["metric"] == "top1" and 0 <= scores["top1"] <= 1 and "top5" not in scores
     assert scores["images"] == 4 * VAL_PER_CLASS and scores["epochs"] == 2
     assert scores["params"] < scores["teacher_params"]
-    assert (retrained / "student.pt").is_file() and (retrained / "policy.json").is_file()
+    assert (retrained / STUDENT_FILE).is_file() and (retrained / POLICY_FILE).is_file()
 
 
 def test_student_rebuilds_in_another_folder_and_scores_eval_json(retrained, work, tmp_path):
@@ -255,19 +253,19 @@ module = sys.modules[type(model).__module__].__file__
 print(json.dumps({"top1": hits / seen, "task": meta["task"], "classes": meta["classes"], "module": module}))
 """
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", script, str(retrained / "student.pt"), str(work / DATA / "val")],
+    done = subprocess.run([sys.executable, "-c", script, str(retrained / STUDENT_FILE), str(work / DATA / "val")],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
     rebuilt = json.loads(done.stdout.strip().splitlines()[-1])
-    assert rebuilt["top1"] == json.loads((retrained / "eval.json").read_text())["top1"]
-    assert (rebuilt["task"], rebuilt["classes"]) == ("classification", SORTED)
+    assert rebuilt["top1"] == json.loads((retrained / EVAL_FILE).read_text())["top1"]
+    assert (rebuilt["task"], rebuilt["classes"]) == (tasks.Classification.name, SORTED)
     assert Path(rebuilt["module"]) == (work / "tiny_resnet.py").resolve()  # the model file beside the space
 
     moved = tmp_path / "moved"
     moved.mkdir()
     shutil.move(work / "tiny_resnet.py", moved / "tiny_resnet.py")
     try:
-        failed = subprocess.run([sys.executable, "-m", "trainable.predict", "--student", str(retrained / "student.pt"),
+        failed = subprocess.run([sys.executable, "-m", "trainable.predict", "--student", str(retrained / STUDENT_FILE),
                                  "--images", str(work / DATA / "val"), "--out", str(tmp_path / "pred")],
                                 cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     finally:
@@ -283,7 +281,7 @@ def predictions(retrained, work) -> Path:
     from trainable import predict
 
     out = work / "pred"
-    assert predict.main(["--student", str(retrained / "student.pt"), "--images", str(work / DATA / "val"),
+    assert predict.main(["--student", str(retrained / STUDENT_FILE), "--images", str(work / DATA / "val"),
                          "--out", str(out), "--device", "cpu"]) == 0
     return out / "predictions.csv"
 
@@ -303,7 +301,7 @@ def test_evaluate_scores_predictions_like_eval_json(predictions, retrained, work
 
     val = work / DATA / "val"
     printed = json.loads(run_ok(evaluate.main, ["--pred-csv", predictions, "--val-dir", val, "--json"]))
-    assert printed["top1"] == json.loads((retrained / "eval.json").read_text())["top1"]
+    assert printed["top1"] == json.loads((retrained / EVAL_FILE).read_text())["top1"]
     assert printed["images"] == 4 * VAL_PER_CLASS and set(printed["per_class"]) == set(CLASSES)
 
     text = predictions.read_text().splitlines()

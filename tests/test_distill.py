@@ -8,7 +8,8 @@ import torch
 
 from data.errors import InputError
 from trainable.config import DistillSettings
-from trainable.distill import Distillation, shared_prefix
+from trainable import parts
+from trainable.distill import Distillation
 from trainable.inventory import convs
 from trainable.precision import amp_dtype
 
@@ -43,7 +44,7 @@ def test_empty_policy_has_zero_losses_and_the_teacher_miou(trained_teacher, data
 
 def test_dws_student_distills_on_images_alone_toward_the_teacher(trained_teacher, data_settings):
     teacher = trained_teacher.settings.build()
-    distillation = run(trained_teacher, data_settings, dws_everywhere(teacher), epochs=5, lr=2e-2)
+    distillation = run(trained_teacher, data_settings, dws_everywhere(teacher), epochs=5, lr=3e-3)
     before = distillation.evaluate_student()["miou"]
     history = distillation.fit()
     mious = [before] + [m["miou"] for m in history]
@@ -53,7 +54,7 @@ def test_dws_student_distills_on_images_alone_toward_the_teacher(trained_teacher
     assert history[-1]["agreement"] > history[0]["agreement"]
     # Epoch by epoch toward the teacher: never more than a val-noise dip (8 val images), far above the start.
     assert all(b > a - 0.02 for a, b in zip(mious, mious[1:])), mious
-    assert mious[-1] > mious[0] + 0.15, mious
+    assert mious[-1] > mious[0] + 0.1, mious
     assert mious[-1] <= trained_teacher.miou + 0.02
 
 
@@ -76,8 +77,14 @@ def test_resume_after_epoch_one_equals_uninterrupted_run(trained_teacher, data_s
 
 def test_checkpoint_holds_only_what_differs_from_the_teacher(trained_teacher, data_settings):
     policy = {"mod6.block1.convs.conv2": "dws"}
-    state = run(trained_teacher, data_settings, policy, epochs=1).state_dict()
+    state = run(trained_teacher, data_settings, policy, epochs=1, train="plugged", bn="frozen").state_dict()
     assert state["student"] and all(k.startswith("mod6.block1.convs.conv2.") for k in state["student"])
+    state = run(trained_teacher, data_settings, policy, epochs=1, train="plugged", bn="batch").state_dict()
+    assert "mod6.block1.convs.conv2.spatial.weight" in state["student"] and "mod7.block1.bn1.0.running_mean" in state["student"]
+    assert "mod5.block1.bn1.0.running_mean" not in state["student"]
+    downstream = run(trained_teacher, data_settings, policy, epochs=1).state_dict()["student"]
+    assert "mod7.block1.convs.conv1.weight" in downstream and "aspp.features.1.0.weight" in downstream
+    assert not any(k.startswith(("mod5.", "mod6.block1.convs.conv1.")) for k in downstream)
 
 
 def test_shared_prefix_is_computed_once_and_changes_nothing(trained_teacher, data_settings):
@@ -117,9 +124,88 @@ def test_shared_prefix_helper_on_a_torchvision_resnet():
 
     teacher = models.build("tv_resnet18", num_classes=10).eval().requires_grad_(False)
     student = apply_policy(teacher, {"layer3.0.conv1": "dws"})
-    student.requires_grad_(False)
-    prefix = shared_prefix(teacher, student, "layer3.0.conv1", torch.zeros(1, 3, 64, 64))
+    calls = parts.record_calls(student, torch.zeros(1, 3, 64, 64))
+    parts.configure(student, "downstream", ["layer3.0.conv1"], calls)
+    prefix = parts.shared_prefix(student, calls, parts.start_of(calls, ["layer3.0.conv1"]))
     assert set(prefix) == {"conv1", "bn1", "relu", "maxpool", "layer1", "layer2"}
+
+
+class _Unordered(torch.nn.Module):
+    """Registration order differs from forward order: `head` is registered first and runs last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(8, 3)
+        self.late = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.mid = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.norm = torch.nn.BatchNorm2d(8)
+        self.unused = torch.nn.Conv2d(8, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.late(torch.relu(self.norm(self.mid(torch.relu(self.stem(x))))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_downstream_is_what_the_forward_runs_from_the_first_plug_on():
+    from trainable.surgery import apply_policy
+
+    student = apply_policy(_Unordered().eval(), {"mid": "dws"})
+    calls = parts.record_calls(student, torch.zeros(1, 3, 8, 8))
+    parts.configure(student, "downstream", ["mid"], calls)
+    trained = {name for name, p in student.named_parameters() if p.requires_grad}
+    assert trained == {"mid.spatial.weight", "mid.pointwise.weight", "mid.pointwise.bias", "norm.weight", "norm.bias",
+                       "late.weight", "late.bias", "head.weight", "head.bias"}
+    assert parts.affected_batchnorms(student, "downstream", ["mid"], calls) == ["norm"]
+    assert parts.shared_prefix(student, calls, parts.start_of(calls, ["mid"])) == ["stem"]
+    parts.configure(student, "plugged", ["mid"], calls)
+    assert {name for name, p in student.named_parameters() if p.requires_grad} == {
+        "mid.spatial.weight", "mid.pointwise.weight", "mid.pointwise.bias"}
+    parts.configure(student, "all", ["mid"], calls)
+    assert all(p.requires_grad for p in student.parameters())
+
+
+def test_downstream_replays_the_frozen_prefix_from_the_teacher(trained_teacher, data_settings):
+    policy = {"mod6.block1.convs.conv2": "dws", "mod7.block1.convs.conv2": "dws"}
+    distillation = run(trained_teacher, data_settings, policy, epochs=1, steps_per_epoch=1)
+    trained = {name.rpartition(".")[0] for name, p in distillation.student.named_parameters() if p.requires_grad}
+    assert "mod6.block1.convs.conv2.spatial" in trained and "mod7.block1.convs.conv1" in trained
+    assert "mod6.block1.convs.conv1" not in trained and not any(name.startswith("mod5.") for name in trained)
+    assert {"mod1", "mod5", "mod6.block1.convs.conv1"} <= set(distillation.prefix)
+    ran = []
+    hooks = [distillation.student.get_submodule(name).register_forward_hook(lambda *args: ran.append(1))
+             for name in ("mod1", "mod5")]
+    images = torch.randn(2, 3, 64, 128)
+    active = distillation.plugged
+    with distillation._training_mode(active):
+        shared = distillation.step(images, None, active, update=False)
+    assert ran == []  # replaced by the teacher's outputs, never computed again
+    for hook in hooks:
+        hook.remove()
+    distillation.prefix = []
+    with distillation._training_mode(active):
+        separate = distillation.step(images, None, active, update=False)
+    for key in ("loss", "loss_hint", "loss_kd"):
+        assert shared[key].item() == pytest.approx(separate[key].item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("bn", ["batch", "frozen", "recalibrate"])
+def test_batchnorm_modes(trained_teacher, data_settings, bn):
+    policy = {"mod6.block1.convs.conv2": "dws"}
+    distillation = run(trained_teacher, data_settings, policy, epochs=1, steps_per_epoch=2, bn=bn, lr=0.0)
+    teacher = dict(distillation.teacher.named_buffers())
+    before = {k: v.clone() for k, v in distillation.student.named_buffers() if k.endswith("running_mean")}
+    distillation.train_epoch()
+    after = dict(distillation.student.named_buffers())
+    affected = {f"{name}.running_mean" for name in distillation.batchnorms}
+    assert "mod7.block1.bn1.0.running_mean" in affected and "mod5.block1.bn1.0.running_mean" not in affected
+    changed = {k for k, v in before.items() if not torch.equal(v, after[k])}
+    assert changed == (affected if bn == "batch" else set())
+    if bn == "recalibrate":
+        assert distillation.recalibrate() == 64  # every unlabeled image (fewer than RECALIBRATION_IMAGES)
+        after = dict(distillation.student.named_buffers())
+        assert {k for k, v in before.items() if not torch.equal(v, after[k])} == affected
+    assert all(torch.equal(teacher[k], after[k]) for k in before if k not in affected)
 
 
 def test_tensorboard_scalars_and_image_grid_are_written(trained_teacher, data_settings, tmp_path):

@@ -1,4 +1,5 @@
-"""mIoU, confusion matrices, whole/sliding inference and the scoring CLI against the official cityscapesscripts."""
+"""mIoU, confusion matrices, whole/sliding inference, the segmentation task's evaluation and the scoring CLI against
+the official cityscapesscripts."""
 from __future__ import annotations
 
 import copy
@@ -14,12 +15,14 @@ from PIL import Image
 from torch import nn
 
 from data.errors import run_cli
-from data.settings import DataSettings
-from trainable import tasks
 from data.labels import CLASS_NAMES, NUM_CLASSES, TRAIN_TO_LABEL_ID, train_to_label_lut
-from trainable.evaluate import (
-    EvalResult, EvalSettings, confusion_matrix, infer_logits, iou_per_class, main, mean_iou, tile_starts,
-)
+from data.settings import DataSettings, EvalSettings
+from trainable import tasks
+from trainable.evaluate import main
+from trainable.inference import infer_logits, tile_starts
+from trainable.miou import confusion_matrix, iou_per_class, mean_iou
+
+SEGMENTATION = tasks.get(tasks.Segmentation.name)
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_LABEL_ID = TRAIN_TO_LABEL_ID[CLASS_NAMES.index("train")]
@@ -33,7 +36,7 @@ def test_hand_made_miou_with_absent_and_false_positive_only_classes():
     assert iou_per_class(conf) == pytest.approx([1 / 3, 2 / 3, 0.0, None])
     assert iou_per_class(conf)[3] is None
     assert mean_iou(conf) == pytest.approx(1 / 3)
-    result = EvalResult.from_confusion(conf)
+    result = SEGMENTATION.result(conf, 4)
     assert result.to_json() == {"miou": mean_iou(conf), "mIoU": mean_iou(conf), "per_class": dict(zip(
         ["class0", "class1", "class2", "class3"], iou_per_class(conf)))}
 
@@ -178,7 +181,7 @@ def test_segmentation_task_scores_batches_and_restores_mode(tmp_path):
     loader = [(images[:2], masks[:2]), (images[2:], masks[2:])]
     model = _Oracle().train()
     data = DataSettings(root=tmp_path, eval=EvalSettings(mode="sliding", crop=4))
-    result = tasks.get("segmentation").evaluate(model, loader, data, num_classes=3)
+    result = SEGMENTATION.evaluate(model, loader, data, num_classes=3)
     assert model.training
     expected = confusion_matrix(model(images).argmax(1), masks, 3)
     assert result["miou"] == mean_iou(expected)
@@ -216,14 +219,15 @@ def _official_ious(pred_paths: list[Path], gt_paths: list[Path]) -> dict[str, fl
     return {name: None if math.isnan(v) else v for name, v in scores.items()}
 
 
-def _assert_same(ours: EvalResult, official: dict[str, float | None]) -> None:
-    assert set(ours.per_class) == set(CLASS_NAMES)
+def _assert_same(printed: dict, official: dict[str, float | None]) -> None:
+    """`trainable.evaluate --json`'s class IoUs and mIoU equal the official script's."""
+    assert set(printed["per_class"]) == set(CLASS_NAMES)
     for name in CLASS_NAMES:
         if official[name] is None:
-            assert ours.per_class[name] is None, name
+            assert printed["per_class"][name] is None, name
         else:
-            assert ours.per_class[name] == pytest.approx(official[name], abs=1e-9), name
-    assert ours.miou == pytest.approx(official["mIoU"], abs=1e-9)
+            assert printed["per_class"][name] == pytest.approx(official[name], abs=1e-9), name
+    assert printed["miou"] == printed["mIoU"] == pytest.approx(official["mIoU"], abs=1e-9)
 
 
 @pytest.mark.parametrize("pred_format", ["labelIds", "trainIds"])
@@ -250,7 +254,7 @@ def test_cli_equals_official_evaluation(tmp_path, capsys, pred_format):
     printed = json.loads(capsys.readouterr().out)
     expected = _official_ious(official_preds, gt_paths)
     assert expected["train"] is None and printed["per_class"]["train"] is None
-    _assert_same(EvalResult(miou=printed["mIoU"], per_class=printed["per_class"]), expected)
+    _assert_same(printed, expected)
 
     main(["--pred-dir", str(pred_dir), "--gt-dir", str(tmp_path / "gtFine" / "val"), "--pred-format", pred_format])
     table = capsys.readouterr().out
@@ -308,3 +312,14 @@ def test_cli_subprocess_missing_dir(tmp_path):
     assert done.returncode == 2
     assert done.stdout == ""
     assert len(done.stderr.strip().splitlines()) == 1 and str(tmp_path / "none") in done.stderr
+
+
+@pytest.mark.parametrize("argv", [[], ["--pred-dir", "p"], ["--pred-dir", "p", "--val-dir", "v"],
+                                  ["--pred-dir", "p", "--gt-dir", "g", "--pred-csv", "c", "--val-dir", "v"]])
+def test_cli_takes_one_task_pair_of_flags(argv, capsys):
+    """Each task's flags name its predictions and ground truth; any other combination is argparse's usage error."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--pred-dir with --gt-dir (segmentation), or --pred-csv with --val-dir (classification)" in err

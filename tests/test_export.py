@@ -15,8 +15,8 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from cli import run_main
 from data.errors import InputError
+from tests.cli import run_main
 from trainable.export import ATOL, RTOL, ExportError, export_onnx, main, named_outputs, verify_onnx
 from trainable.latency import measure_latency
 from trainable.models import build

@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -21,56 +20,36 @@ import optuna
 import pandas as pd
 import pytest
 import torch
-import yaml
 
-from data.synthetic import generate
-from experiments import TIMEOUT, result_rows, state_of, study_states, tree, wait_for
+from data.names import (
+    COMPLETED, CURVES_PLOT, ERROR, EVAL_FILE, FRONT_CSV, FRONT_PLOT, LAYERS_PLOT, OPTUNA_FILE, REPORT_FILE, RUN_FILE,
+    STUDENT_FILE, TEACHER_FILE, TRIALS_FILE,
+)
+from tests.experiments import TIMEOUT, result_rows, state_of, study_states, tree, wait_for
+from tests.searches import ROOT, TINY_EPOCHS, search_command, tiny_inputs, tiny_space, write_space
 from trainable import models
 
-ROOT = Path(__file__).resolve().parents[1]
-EPOCHS = 3
+EPOCHS = TINY_EPOCHS
 SAFE_LR = 3e-3
 HUGE_LR = 1e12  # plain SGD at this rate sends the plugged weights to ~1e10 in one step: loss nan at epoch 1, step 2
 
 
 def fault_space(tmp: Path, data_root: Path, distill: dict | None = None, **search) -> dict:
-    """A tiny space (test_search.tiny_space's shape): 3 epochs of 2 steps, no scheduler, 2 trials at a time."""
-    return {
-        "teacher": {"arch": "deepwv3plus", "num_classes": 19, "width": 0.0625, "checkpoint": str(tmp / "teacher.pt")},
-        "data": {"dataset": "cityscapes", "root": str(data_root), "unlabeled": ["leftImg8bit/train_extra"],
-                 "val": "val", "crop": [32, 64], "scale": [1.0, 1.0], "batch_size": 4, "eval": "whole"},
-        "policy": {
-            "budget": {"max_param_ratio": 0.75},
-            "groups": [
-                {"layers": ["mod7.*.convs.conv2", "aspp.features.[123].0"], "ops": ["keep", "dws"]},
-                {"layers": ["mod5.*.convs.conv[12]"], "ops": ["keep", "dws", "group2"]},
-            ],
-        },
-        "distill": {"epochs": EPOCHS, "steps_per_epoch": 2, "w_hint": {"loguniform": [0.1, 10], "default": 1},
-                    "lr": SAFE_LR, **(distill or {})},
-        "search": {"num_samples": 4, "searcher": "tpe", "scheduler": "none", "resources": {"cpu": 1, "gpu": 0},
-                   "max_concurrent": 2, "seed": 0, "max_failures": 2, **search},
-    }
+    """The tiny space with 4 trials, no scheduler, a fixed lr and 2 failures allowed: 3 epochs of 2 steps, 2 trials
+    at a time."""
+    raw = tiny_space(data_root, tmp / "teacher.pt",
+                     **{"num_samples": 4, "scheduler": "none", "max_failures": 2, **search})
+    del raw["search"]["retrain_epochs"]
+    raw["distill"] = {**raw["distill"], "lr": SAFE_LR, **(distill or {})}
+    return raw
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     """Synthetic Cityscapes (8 unlabeled images: each epoch of 2 batches of 4 reads all of them) and a teacher."""
     tmp = tmp_path_factory.mktemp("faults")
-    generate(tmp / "data", train=4, val=4, size=(32, 64), seed=1, extra=8)
-    torch.manual_seed(0)
-    torch.save(models.build("deepwv3plus", width=0.0625).state_dict(), tmp / "teacher.pt")
+    tiny_inputs(tmp, extra=8)
     return tmp
-
-
-def write_space(tmp: Path, name: str, raw: dict) -> Path:
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-def command(*args: str | Path) -> list[str]:
-    return [sys.executable, str(ROOT / "search" / "run.py"), *map(str, args)]
 
 
 # --- inside a trial ------------------------------------------------------------------------------------
@@ -83,8 +62,9 @@ def in_trial(workspace) -> dict:
     experiment = workspace / "runs" / "in_trial"
     log = workspace / "in_trial.log"
     with log.open("w") as out:
-        driver = subprocess.Popen(command("--space", write_space(workspace, "in_trial", raw), "--name", "in_trial",
-                                          "--storage", workspace / "runs"),
+        space = write_space(workspace, raw, "in_trial.yaml", sort_keys=True)
+        driver = subprocess.Popen(search_command("--space", space, "--name", "in_trial",
+                                                 "--storage", workspace / "runs"),
                                   cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
     def sane_trial_after_epoch_1() -> tuple[str, dict] | None:
@@ -102,7 +82,7 @@ def in_trial(workspace) -> dict:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
     assert driver.returncode == 0, log.read_text()
-    return {"experiment": experiment, "table": pd.read_parquet(experiment / "trials.parquet"),
+    return {"experiment": experiment, "table": pd.read_parquet(experiment / TRIALS_FILE),
             "killed": killed_dir, "killed_pid": first["pid"], "log": log.read_text()}
 
 
@@ -111,9 +91,9 @@ def test_diverging_loss_ends_that_trial_as_error_nonfinite_loss_and_the_others_c
     assert len(table) == 5
     diverged, sane = table[table["hp.lr"] == HUGE_LR], table[table["hp.lr"] == SAFE_LR]
     assert len(diverged) >= 1 and len(sane) >= 1  # the seeded sampler draws both rates
-    assert (diverged["status"] == "error").all() and (diverged["reason"] == "nonfinite_loss").all()
+    assert (diverged["status"] == ERROR).all() and (diverged["reason"] == "nonfinite_loss").all()
     assert (diverged["epochs"] == 0).all() and diverged["miou"].isna().all()  # nothing measured is kept
-    assert (sane["status"] == "completed").all() and (sane["epochs"] == EPOCHS).all() and sane["reason"].isna().all()
+    assert (sane["status"] == COMPLETED).all() and (sane["epochs"] == EPOCHS).all() and sane["reason"].isna().all()
     assert sane["miou"].between(0, 1).all()
 
 
@@ -122,14 +102,14 @@ def test_optuna_sqlite_study_says_failed_for_errors_and_complete_for_completed(i
     table = in_trial["table"]
     assert len(states) == len(table)
     for _, row in table.iterrows():
-        assert state_of(states, row["hp.w_hint"]) == ("FAIL" if row["status"] == "error" else "COMPLETE"), row
+        assert state_of(states, row["hp.w_hint"]) == ("FAIL" if row["status"] == ERROR else "COMPLETE"), row
 
 
 def test_killed_worker_is_retried_from_its_last_checkpoint_and_the_table_counts_it(in_trial):
     table = in_trial["table"].set_index("trial_id")
     trial_id = in_trial["killed"].removeprefix("trial_")
     assert table.loc[trial_id, "retries"] >= 1
-    assert table.loc[trial_id, "status"] == "completed" and table.loc[trial_id, "epochs"] == EPOCHS
+    assert table.loc[trial_id, "status"] == COMPLETED and table.loc[trial_id, "epochs"] == EPOCHS
     rows = result_rows(in_trial["experiment"] / in_trial["killed"])
     assert [row["epoch"] for row in rows] == list(range(1, EPOCHS + 1))  # epochs continue after the retry
     assert rows[0]["pid"] == in_trial["killed_pid"] and all(row["pid"] != in_trial["killed_pid"] for row in rows[1:])
@@ -142,7 +122,7 @@ def test_asha_counts_epochs_so_a_resumed_trial_is_judged_by_its_epoch(workspace,
     from search.space import load_space
 
     raw = fault_space(workspace, workspace / "data", scheduler={"asha": {"grace_period": 1, "reduction_factor": 2}})
-    assert make_scheduler(load_space(write_space(workspace, "asha", raw)))._time_attr == "epoch"
+    assert make_scheduler(load_space(write_space(workspace, raw, "asha.yaml", sort_keys=True)))._time_attr == "epoch"
     rows = result_rows(in_trial["experiment"] / in_trial["killed"])
     assert rows[1]["epoch"] == 2  # the first report of the retried worker: epoch 2 after epoch 1, the time ASHA reads
 
@@ -163,15 +143,16 @@ def test_exceptions_in_trials_on_a_two_node_cluster_are_their_error_reasons_and_
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        done = subprocess.run(command("--space", write_space(workspace, "broken", raw), "--name", "broken",
-                                      "--storage", workspace / "runs", "--address", cluster.address),
+        space = write_space(workspace, raw, "broken.yaml", sort_keys=True)
+        done = subprocess.run(search_command("--space", space, "--name", "broken", "--storage", workspace / "runs",
+                                             "--address", cluster.address),
                               cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
     finally:
         cluster.shutdown()
     assert done.returncode == 0, done.stdout + done.stderr
     experiment = workspace / "runs" / "broken"
-    table = pd.read_parquet(experiment / "trials.parquet")
-    assert len(table) == 2 and (table["status"] == "error").all()
+    table = pd.read_parquet(experiment / TRIALS_FILE)
+    assert len(table) == 2 and (table["status"] == ERROR).all()
     for reason in table["reason"]:
         assert reason.startswith(f"InputError: {bad}: cannot read image (") and "\n" not in reason
     assert set(study_states(experiment).values()) == {"FAIL"}
@@ -192,7 +173,7 @@ def test_optuna_trials_a_killed_driver_asked_for_after_its_last_snapshot_are_tol
 
     from search.searcher import TellingOptunaSearch
 
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    url = f"sqlite:///{tmp_path / OPTUNA_FILE}"
     searcher = TellingOptunaSearch(space=_one_setting, metric="score", mode="max", study_name="plugkd",
                                    storage=optuna.storages.RDBStorage(url), sampler=optuna.samplers.RandomSampler(0))
     at_start = pickle.dumps(searcher)
@@ -266,8 +247,8 @@ def _student(folder: Path, version: int) -> Path:
     torch.manual_seed(version)
     policy = {"mod7.block1.convs.conv2": "dws"}
     student = apply_policy(models.build("deepwv3plus", width=0.0625), policy)
-    save_student(folder / "student.pt", student, "deepwv3plus", {"width": 0.0625}, policy)
-    return folder / "student.pt"
+    save_student(folder / STUDENT_FILE, student, "deepwv3plus", {"width": 0.0625}, policy)
+    return folder / STUDENT_FILE
 
 
 def _plug(folder: Path, version: int) -> Path:
@@ -284,21 +265,21 @@ def _plug(folder: Path, version: int) -> Path:
 def _retrain_json(folder: Path, version: int) -> Path:
     from search.storage import write_bytes_atomic  # search/retrain.py's policy.json and eval.json
 
-    write_bytes_atomic(folder / "eval.json", json.dumps({"version": version, "pad": "x" * 4000}).encode())
-    return folder / "eval.json"
+    write_bytes_atomic(folder / EVAL_FILE, json.dumps({"version": version, "pad": "x" * 4000}).encode())
+    return folder / EVAL_FILE
 
 
 def _prediction_png(folder: Path, version: int) -> Path:
     import numpy as np
 
-    from trainable.predict import write_png
+    from trainable.label_ids import write_png
 
     write_png(np.random.default_rng(version).integers(0, 34, (64, 64), dtype=np.uint8), folder / "x_labelIds.png")
     return folder / "x_labelIds.png"
 
 
 def _predictions_csv(folder: Path, version: int) -> Path:
-    from trainable.predict import write_csv
+    from trainable.predictions_csv import write_csv
 
     write_csv([(f"img{i}.png", "cat", 0.5) for i in range(version * 20)], folder / "predictions.csv")
     return folder / "predictions.csv"
@@ -307,7 +288,7 @@ def _predictions_csv(folder: Path, version: int) -> Path:
 def _analysis_output(name: str) -> Callable[[Path, int], Path]:
     def write(folder: Path, version: int) -> Path:
         from analysis.__main__ import main
-        from fixtures_analysis import make_experiment
+        from tests.fixtures_analysis import make_experiment
 
         experiment = folder / "exp"
         if not experiment.exists():
@@ -318,17 +299,17 @@ def _analysis_output(name: str) -> Callable[[Path, int], Path]:
 
 
 WRITERS: dict[str, Callable[[Path, int], Path]] = {
-    "trials.parquet": _experiment_file("trials.parquet"),
-    "teacher.json": _experiment_file("teacher.json"),
-    "run.json": _experiment_file("run.json"),
+    TRIALS_FILE: _experiment_file(TRIALS_FILE),
+    TEACHER_FILE: _experiment_file(TEACHER_FILE),
+    RUN_FILE: _experiment_file(RUN_FILE),
     "trial state.pt": _trial_checkpoint,
-    "student.pt": _student,
+    STUDENT_FILE: _student,
     "plug library safetensors": _plug,
-    "retrain eval.json": _retrain_json,
+    f"retrain {EVAL_FILE}": _retrain_json,
     "predict labelIds png": _prediction_png,
     "predict predictions.csv": _predictions_csv,
     **{f"analysis {name}": _analysis_output(name)
-       for name in ("pareto.csv", "pareto.png", "curves.png", "layers.png", "report.md")},
+       for name in (FRONT_CSV, FRONT_PLOT, CURVES_PLOT, LAYERS_PLOT, REPORT_FILE)},
 }
 
 

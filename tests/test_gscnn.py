@@ -1,7 +1,5 @@
 """Gated-SCNN teacher against nv-tlabs' reference facts (shared/reference/gscnn.md): keys, numbers, Canny, checkpoint."""
-import math
 from collections import defaultdict
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -9,25 +7,15 @@ import pytest
 import torch
 
 from data.errors import InputError
-from trainable import models
+from tests.reference import GSCNN_KEYS, deterministic_state, reference_keys, write_nvidia_file
+from trainable import models, tasks
 from trainable.checkpoint import load_weights
 from trainable.inventory import count_flops, count_params, measure
 from trainable.models.gscnn import GSCNN, canny_bytes, canny_map
 
-KEYS_TSV = Path(__file__).resolve().parent / "fixtures" / "gscnn_keys.tsv"  # copy of shared/reference
 NARROW = 0.0625
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)  # gscnn.md §11
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-
-
-def reference_keys() -> list[tuple[str, tuple[int, ...]]]:
-    rows = []
-    for line in KEYS_TSV.read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        key, shape = line.split("\t")
-        rows.append((key, () if shape == "-" else tuple(int(x) for x in shape.split(","))))
-    return rows
 
 
 def normalise(image: torch.Tensor) -> torch.Tensor:
@@ -43,28 +31,10 @@ def reference_input() -> torch.Tensor:
     return normalise(image)
 
 
-def deterministic_state() -> dict[str, torch.Tensor]:
-    """The weight fill of gscnn.md §14B (recipe of deepwv3plus.md §11B) over the 371 TSV entries."""
-    state = {}
-    for i, (key, shape) in enumerate(reference_keys()):
-        gen = torch.Generator().manual_seed(i)
-        if key.endswith("num_batches_tracked"):
-            state[key] = torch.zeros((), dtype=torch.long)
-        elif len(shape) == 4:
-            state[key] = torch.randn(shape, generator=gen) / math.sqrt(shape[1] * shape[2] * shape[3])
-        elif key.endswith("running_var"):
-            state[key] = 0.5 + torch.rand(shape, generator=gen)
-        elif key.endswith("running_mean") or key.endswith(".bias"):
-            state[key] = 0.1 * torch.randn(shape, generator=gen)
-        else:
-            state[key] = 1 + 0.1 * torch.randn(shape, generator=gen)
-    return state
-
-
 def test_state_dict_matches_reference_list_and_param_count():
     with torch.device("meta"):
         model = models.build("gscnn", num_classes=19, width=1.0)
-    assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == reference_keys()
+    assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == reference_keys(GSCNN_KEYS)
     assert count_params(model) == 137_278_190  # §1
     assert sum(b.numel() for k, b in model.named_buffers() if k.endswith(("running_mean", "running_var"))) == 44_220  # §1
     with_bias = sorted(k[: -len(".bias")] for k, p in model.named_parameters()
@@ -136,7 +106,7 @@ def test_deterministic_weights_reproduce_reference_outputs():
     """Full width at 64x128 on CPU (about 15 s on a 2-core machine, most of it drawing the 137M weights)."""
     with torch.device("meta"):
         model = models.build("gscnn", num_classes=19)
-    model.load_state_dict(deterministic_state(), strict=True, assign=True)
+    model.load_state_dict(deterministic_state(reference_keys(GSCNN_KEYS)), strict=True, assign=True)  # §14B fill
     model.eval()
     with torch.no_grad():
         seg, edge = model(reference_input(), return_edge=True)
@@ -169,7 +139,7 @@ def test_deterministic_weights_reproduce_reference_outputs():
 def test_forward_interface_any_size(training):
     torch.manual_seed(0)
     model = models.build("gscnn", width=NARROW).train(training)
-    assert models.info("gscnn").task == "segmentation"
+    assert models.info("gscnn").task == tasks.Segmentation.name
     x = normalise(torch.randint(0, 256, (2, 3, 37, 61), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)))
     torch.manual_seed(1)
     logits = model(x)
@@ -224,15 +194,10 @@ def test_flops_of_a_real_cpu_model_skip_canny():
     assert count_flops(model, (1024, 2048)) == count_flops(on_meta, (1024, 2048))
 
 
-def write_nvidia_file(path: Path, model: torch.nn.Module, drop_counters: bool) -> None:
-    """A file shaped like nv-tlabs' best_cityscapes_checkpoint.pth (§10): legacy format, `module.` keys, numpy mean_iu."""
-    state = {f"module.{k}": v for k, v in model.state_dict().items()
-             if not (drop_counters and k.endswith("num_batches_tracked"))}
-    optimizer = {"state": {i: {"momentum_buffer": torch.zeros(1)} for i in range(3)},
-                 "param_groups": [{"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "params": [0, 1, 2]}]}
-    payload = {"state_dict": state, "optimizer": optimizer, "epoch": 174, "mean_iu": np.float64(0.8123),
-               "command": "train.py --dataset cityscapes --arch network.gscnn.GSCNN --trunk resnet101"}
-    torch.save(payload, path, _use_new_zipfile_serialization=False)
+# nv-tlabs' best_cityscapes_checkpoint.pth (§10): an SGD optimizer's state and the command that trained it.
+GSCNN_OPTIMIZER = {"state": {i: {"momentum_buffer": torch.zeros(1)} for i in range(3)},
+                   "param_groups": [{"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "params": [0, 1, 2]}]}
+GSCNN_COMMAND = "train.py --dataset cityscapes --arch network.gscnn.GSCNN --trunk resnet101"
 
 
 @pytest.mark.parametrize("drop_counters", [False, True])
@@ -240,7 +205,8 @@ def test_loads_nvidia_shaped_checkpoint(tmp_path, drop_counters):
     source = models.build("gscnn", width=NARROW)
     for p in source.parameters():
         torch.nn.init.normal_(p)
-    write_nvidia_file(tmp_path / "best_cityscapes_checkpoint.pth", source, drop_counters)
+    write_nvidia_file(tmp_path / "best_cityscapes_checkpoint.pth", source, drop_counters, optimizer=GSCNN_OPTIMIZER,
+                      command=GSCNN_COMMAND)
     target = load_weights(models.build("gscnn", width=NARROW), tmp_path / "best_cityscapes_checkpoint.pth")
     for (k, a), b in zip(source.state_dict().items(), target.state_dict().values()):
         if not (drop_counters and k.endswith("num_batches_tracked")):
@@ -249,7 +215,8 @@ def test_loads_nvidia_shaped_checkpoint(tmp_path, drop_counters):
 
 def test_mismatched_checkpoints_name_the_first_key(tmp_path):
     deeplab = models.build("deepwv3plus", width=NARROW)
-    write_nvidia_file(tmp_path / "deeplab.pth", deeplab, drop_counters=False)
+    write_nvidia_file(tmp_path / "deeplab.pth", deeplab, drop_counters=False, optimizer=GSCNN_OPTIMIZER,
+                      command=GSCNN_COMMAND)
     with pytest.raises(InputError) as err:
         load_weights(models.build("gscnn", width=NARROW), tmp_path / "deeplab.pth")
     assert "missing keys (first: dsn1.weight)" in str(err.value)

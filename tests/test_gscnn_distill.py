@@ -18,10 +18,12 @@ import yaml
 from torch import nn
 
 from data.errors import InputError, run_cli
+from data.names import COMPLETED, RESULT_FILE, TRIALS_FILE
 from data.settings import DataSettings
 from data.synthetic import generate
 from search.choices import resolve_choices
 from search.space import load_space
+from tests.reference import deterministic_state
 from trainable import layers as layers_cli
 from trainable import losses, models
 from trainable.config import DistillSettings, TeacherSettings
@@ -43,19 +45,7 @@ def filled_gscnn() -> nn.Module:
     flat one (the 1-channel fuse conv); `fuse` scaled by 30 spreads the edge map over about 0.03-0.49.
     """
     model = models.build("gscnn", **ARGS)
-    state = {}
-    for i, (key, value) in enumerate(model.state_dict().items()):
-        gen = torch.Generator().manual_seed(i)
-        if key.endswith("num_batches_tracked"):
-            state[key] = torch.zeros((), dtype=torch.long)
-        elif value.dim() == 4:
-            state[key] = torch.randn(value.shape, generator=gen) / math.sqrt(value[0].numel())
-        elif key.endswith("running_var"):
-            state[key] = 0.5 + torch.rand(value.shape, generator=gen)
-        elif key.endswith(("running_mean", ".bias")):
-            state[key] = 0.1 * torch.randn(value.shape, generator=gen)
-        else:
-            state[key] = 1 + 0.1 * torch.randn(value.shape, generator=gen)
+    state = deterministic_state((key, tuple(value.shape)) for key, value in model.state_dict().items())
     state["fuse.weight"] = state["fuse.weight"] * 30
     model.load_state_dict(state)
     return model.eval().requires_grad_(False)
@@ -271,9 +261,9 @@ def test_search_over_a_narrow_gscnn_writes_trials(tmp_path, data):
     done = subprocess.run([sys.executable, str(ROOT / "search" / "run.py"), "--space", str(space), "--name", "g",
                            "--storage", str(tmp_path / "runs")], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    table = pd.read_parquet(tmp_path / "runs" / "g" / "trials.parquet")
-    assert len(table) == 2 and set(table["status"]) == {"completed"}, table.to_dict("records")
+    table = pd.read_parquet(tmp_path / "runs" / "g" / TRIALS_FILE)
+    assert len(table) == 2 and set(table["status"]) == {COMPLETED}, table.to_dict("records")
     assert set(table["hp.w_edge"]) <= {0.5, 1.0}
     for trial_id in table["trial_id"]:
-        result = json.loads((tmp_path / "runs" / "g" / f"trial_{trial_id}" / "result.json").read_text().splitlines()[-1])
+        result = json.loads((tmp_path / "runs" / "g" / f"trial_{trial_id}" / RESULT_FILE).read_text().splitlines()[-1])
         assert result["loss_edge"] > 0 and math.isfinite(result["loss_edge"])

@@ -17,6 +17,7 @@ from data.labels import IGNORE_INDEX
 from data.pairs import MaskPairs, read_mask
 from data.settings import Augment, DataSettings, Split
 from data.transforms import classification_eval_transforms, classification_train_transforms, normalize
+from trainable import tasks
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 CAMVID = dict(dataset="pairs", train=Split("train", "trainannot"), val=Split("val", "valannot"), num_classes=11,
@@ -71,7 +72,7 @@ def _pair_tree(root: Path) -> Path:
 
 def test_kinds_are_registered() -> None:
     assert {"cityscapes", "imagefolder", "pairs"} <= set(names())
-    assert kind("imagefolder").task == "classification" and kind("pairs").task == "segmentation"
+    assert kind("imagefolder").task == tasks.Classification.name and kind("pairs").task == tasks.Segmentation.name
 
 
 # imagefolder --------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from data.errors import InputError
+from data.names import KEEP
 from trainable.latency import Latency, measure_latency, plug_latencies, predicted_latency
 from trainable.models import build
 
@@ -43,10 +44,10 @@ def test_onnxruntime_latency_is_positive():
 def test_plug_latencies_time_every_requested_layer_and_op(teacher):
     table = plug_latencies(teacher, CHOICES, SIZE, warmup=1, runs=3)
     assert {layer: set(ops) for layer, ops in table.items()} == {
-        layer: {"keep", *ops} for layer, ops in CHOICES.items()}
+        layer: {KEEP, *ops} for layer, ops in CHOICES.items()}
     assert all(ms > 0 for ops in table.values() for ms in ops.values())
     policy = {"mod2.block1.convs.conv1": "dws", "mod5.block1.convs.conv2": "keep", "aspp.features.1.0": "lowrank8"}
-    expected = 10.0 + sum(table[layer][op] - table[layer]["keep"] for layer, op in policy.items())
+    expected = 10.0 + sum(table[layer][op] - table[layer][KEEP] for layer, op in policy.items())
     assert predicted_latency(table, 10.0, policy) == pytest.approx(expected)
     with pytest.raises(InputError, match="mod6.block1.convs.conv2"):
         predicted_latency(table, 10.0, {"mod6.block1.convs.conv2": "dws"})

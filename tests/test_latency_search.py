@@ -11,21 +11,17 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 from data.errors import InputError
-from data.synthetic import generate
+from data.names import FRONT_CSV, FRONT_PLOT, INFEASIBLE, MEASURED_STATUSES, OPTUNA_FILE, REPORT_FILE, TRIALS_FILE
 from search.choices import PolicyChoices, resolve_choices
-from search.experiment import OPTUNA_FILE
 from search.run import latency_file, with_latency
 from search.searcher import DefineByRun
 from search.space import load_space
 from search.storage import Location
-from test_search import tiny_space
-from trainable import models
+from tests.searches import ROOT, tiny_space, write_space
 
-ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 300
 TEACHER_MS, MAX_PARAM_RATIO, MAX_LATENCY_RATIO = 10.0, 0.95, 1.23
 # A made-up latency table (ms of each conv and plug alone), cached where run.py looks for it: dws is
@@ -43,8 +39,7 @@ FAST_ONLY_IN_PARAMS = {"mod7.block1.convs.conv2": "dws", "aspp.features.1.0": "d
 
 def latency_space(data: Path, teacher: Path) -> dict:
     """The tiny search space with each layer of group 0 its own choice, both budgets, nsga2 over three objectives."""
-    raw = tiny_space(data.parent, data, teacher, num_samples=6, searcher="nsga2",
-                     objectives=["params", "latency_ms", "miou"])
+    raw = tiny_space(data, teacher, num_samples=6, searcher="nsga2", objectives=["params", "latency_ms", "miou"])
     raw["policy"]["budget"] = {"max_param_ratio": MAX_PARAM_RATIO, "max_latency_ratio": MAX_LATENCY_RATIO}
     raw["policy"]["groups"][0]["per_layer"] = True
     raw["distill"]["epochs"] = 2
@@ -53,14 +48,10 @@ def latency_space(data: Path, teacher: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> dict:
+def workspace(tmp_path_factory, tiny_search_inputs) -> dict:
     tmp = tmp_path_factory.mktemp("latency_search")
-    generate(tmp / "data", train=4, val=4, size=(32, 64), seed=1, extra=16)
-    teacher = tmp / "teacher.pt"
-    torch.manual_seed(0)
-    torch.save(models.build("deepwv3plus", width=0.0625).state_dict(), teacher)
-    path = tmp / "latency.yaml"
-    path.write_text(yaml.safe_dump(latency_space(tmp / "data", teacher)))
+    path = write_space(tmp, latency_space(tiny_search_inputs.data, tiny_search_inputs.teacher), "latency.yaml",
+                       sort_keys=True)
     space = load_space(path)
     choices = resolve_choices(space)
     timed = replace(choices, layer_latency=TABLE, teacher_latency_ms=TEACHER_MS,
@@ -125,9 +116,9 @@ def searched(workspace) -> dict:
 def test_no_trial_trains_over_the_latency_budget(searched, workspace):
     choices, experiment = workspace["choices"], searched["experiment"]
     assert f"teacher latency {TEACHER_MS:.2f} ms on made up" in searched["search"].stdout  # the cached table was used
-    table = pd.read_parquet(experiment / "trials.parquet")
+    table = pd.read_parquet(experiment / TRIALS_FILE)
     assert len(table) == 6
-    assert (table["status"] != "infeasible").all(), table[["status", "proposal", "policy"]]
+    assert (table["status"] != INFEASIBLE).all(), table[["status", "proposal", "policy"]]
     for row in table.itertuples():
         policy = json.loads(row.policy)
         assert _within(choices, policy) == (True, True), (row.proposal, policy)
@@ -145,13 +136,13 @@ def test_no_trial_trains_over_the_latency_budget(searched, workspace):
 
 def test_nsga2_over_params_latency_and_miou_writes_a_front_that_analysis_plots(searched):
     experiment = searched["experiment"]
-    table = pd.read_parquet(experiment / "trials.parquet")
-    trained = table[table["status"].isin(["completed", "stopped_early"])]
+    table = pd.read_parquet(experiment / TRIALS_FILE)
+    trained = table[table["status"].isin(MEASURED_STATUSES)]
     assert len(trained) == 6 and (trained["latency_ms"] > 0).all()
-    assert (experiment / "pareto.png").stat().st_size > 0
-    front = pd.read_csv(experiment / "pareto.csv")
+    assert (experiment / FRONT_PLOT).stat().st_size > 0
+    front = pd.read_csv(experiment / FRONT_CSV)
     assert len(front) >= 1 and (front["latency_ms"] > 0).all()
-    report = (experiment / "report.md").read_text()
+    report = (experiment / REPORT_FILE).read_text()
     assert "latency_ms down" in report and "latency (ms)" in report
     assert "Predicted latency (`latency_pred_ms`" in report
     assert "latency (ms)" in searched["analysis"].stdout

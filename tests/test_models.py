@@ -1,35 +1,21 @@
 """Teacher zoo: DeepWV3Plus against NVIDIA's reference facts, torchvision teachers, checkpoint loading."""
-import math
 import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from data.errors import InputError
-from trainable import models
+from tests.reference import DEEPWV3PLUS_KEYS, deterministic_state, reference_keys, write_nvidia_file
+from trainable import models, tasks
 from trainable.checkpoint import load_weights
-
-KEYS_TSV = Path(__file__).resolve().parent / "fixtures" / "deepwv3plus_keys.tsv"  # copy of shared/reference
-
-
-def reference_keys() -> list[tuple[str, tuple[int, ...]]]:
-    rows = []
-    for line in KEYS_TSV.read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        key, shape = line.split("\t")
-        rows.append((key, () if shape == "-" else tuple(int(x) for x in shape.split(","))))
-    return rows
 
 
 def test_state_dict_matches_reference_list_and_param_count():
     with torch.device("meta"):
         model = models.build("deepwv3plus", num_classes=19)
     state = model.state_dict()
-    assert [(k, tuple(v.shape)) for k, v in state.items()] == reference_keys()  # deepwv3plus_keys.tsv (§6)
+    assert [(k, tuple(v.shape)) for k, v in state.items()] == reference_keys(DEEPWV3PLUS_KEYS)  # §6
     # §1 parameter table, "total": NVIDIA's class built under torch 2.13 CPU (their log: "Model params = 137.1M")
     assert sum(p.numel() for p in model.parameters()) == 137_103_936
     assert not any(m.bias is not None for m in model.modules() if isinstance(m, torch.nn.Conv2d))
@@ -39,20 +25,7 @@ def test_deterministic_weights_reproduce_reference_logits():
     """§11B of shared/reference/deepwv3plus.md: its weight-fill recipe, its input, its results from NVIDIA's code
     (CPU, fp32, eval mode; bit-identical under torch 2.4.1 and 2.13.0), and its tolerance of about 1e-4 per logit."""
     model = models.build("deepwv3plus", num_classes=19).eval()
-    state = {}
-    for i, (key, shape) in enumerate(reference_keys()):
-        gen = torch.Generator().manual_seed(i)
-        if key.endswith("num_batches_tracked"):
-            state[key] = torch.zeros((), dtype=torch.long)
-        elif len(shape) == 4:
-            state[key] = torch.randn(shape, generator=gen) / math.sqrt(shape[1] * shape[2] * shape[3])
-        elif key.endswith("running_var"):
-            state[key] = 0.5 + torch.rand(shape, generator=gen)
-        elif key.endswith("running_mean") or key.endswith(".bias"):
-            state[key] = 0.1 * torch.randn(shape, generator=gen)
-        else:
-            state[key] = 1 + 0.1 * torch.randn(shape, generator=gen)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(deterministic_state(reference_keys(DEEPWV3PLUS_KEYS)), strict=True)
     x = torch.randn(1, 3, 128, 256, generator=torch.Generator().manual_seed(12345))
     assert x[0, 0, 0, 0].item() == pytest.approx(-1.479808, abs=1e-6)  # §11B "Input": the check value of [0,0,0,0]
     with torch.no_grad():
@@ -92,7 +65,7 @@ def test_width_keeps_names_and_output_resolution():
 ])
 def test_torchvision_teachers(arch, num_classes, size, shape):
     model = models.build(arch, num_classes=num_classes).eval()
-    assert models.info(arch).task == ("classification" if len(shape) == 2 else "segmentation")
+    assert models.info(arch).task == (tasks.Classification.name if len(shape) == 2 else tasks.Segmentation.name)
     with torch.no_grad():
         assert model(torch.randn(1, 3, size, size)).shape == shape
 
@@ -111,17 +84,9 @@ def test_unknown_arch_and_bad_width():
         models.build("tv_resnet18", width=0.5)
 
 
-def write_nvidia_file(path: Path, model: torch.nn.Module, drop_counters: bool) -> None:
-    """A file shaped like NVIDIA's cityscapes_best.pth: legacy serialisation, `module.` keys, numpy mean_iu.
-
-    The layout is §7 of the reference (read from NVIDIA's training code, not from the file); epoch, mean_iu,
-    lr and command are made-up values of the right types.
-    """
-    state = {f"module.{k}": v for k, v in model.state_dict().items()
-             if not (drop_counters and k.endswith("num_batches_tracked"))}
-    payload = {"state_dict": state, "optimizer": {"state": {}, "param_groups": [{"lr": 0.01, "momentum": 0.9}]},
-               "epoch": 174, "mean_iu": np.float64(0.8123), "command": "train.py --arch network.deepv3.DeepWV3Plus"}
-    torch.save(payload, path, _use_new_zipfile_serialization=False)
+# NVIDIA's cityscapes_best.pth (§7 of the reference): an optimizer without state and the command that trained it.
+NVIDIA_OPTIMIZER = {"state": {}, "param_groups": [{"lr": 0.01, "momentum": 0.9}]}
+NVIDIA_COMMAND = "train.py --arch network.deepv3.DeepWV3Plus"
 
 
 @pytest.mark.parametrize("drop_counters", [False, True])
@@ -129,7 +94,7 @@ def test_loads_nvidia_shaped_checkpoint(tmp_path, drop_counters):
     source = models.build("deepwv3plus", width=0.0625)
     for p in source.parameters():
         torch.nn.init.normal_(p)
-    write_nvidia_file(tmp_path / "best.pth", source, drop_counters)
+    write_nvidia_file(tmp_path / "best.pth", source, drop_counters, optimizer=NVIDIA_OPTIMIZER, command=NVIDIA_COMMAND)
     target = load_weights(models.build("deepwv3plus", width=0.0625), tmp_path / "best.pth")
     for (k, a), b in zip(source.state_dict().items(), target.state_dict().values()):
         if not (drop_counters and k.endswith("num_batches_tracked")):

@@ -11,14 +11,14 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cli import exit_2_line, run_main
 from data.cityscapes import CityscapesSegmentation
 from data.labels import TRAIN_TO_LABEL_ID, train_to_label_lut
 from data.synthetic import generate
-from data.transforms import eval_transforms, normalize
-from trainable.evaluate import infer_logits
 from data.settings import DataSettings, EvalSettings
+from data.transforms import eval_transforms, normalize
+from tests.cli import exit_2_line, run_main
 from trainable import evaluate, tasks
+from trainable.inference import infer_logits
 from trainable.models import build
 from trainable.predict import main
 from trainable.surgery import apply_policy, save_student
@@ -69,7 +69,8 @@ def test_student_predictions_score_like_in_process_evaluation(root, student, tmp
     code, scored, stderr = run_main(evaluate.main, ["--pred-dir", out, "--gt-dir", root / "gtFine" / "val", "--json"])
     assert code == 0, stderr
     dataset = CityscapesSegmentation(root, "val", eval_transforms())
-    expected = tasks.get("segmentation").evaluate(model, DataLoader(dataset, batch_size=1), DataSettings(root=root), 19)
+    segmentation = tasks.get(tasks.Segmentation.name)
+    expected = segmentation.evaluate(model, DataLoader(dataset, batch_size=1), DataSettings(root=root), 19)
     assert json.loads(scored)["mIoU"] == pytest.approx(expected["miou"], abs=1e-9)
 
 

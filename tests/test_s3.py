@@ -12,26 +12,24 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
-import yaml
 
-from data.synthetic import generate
-from experiments import consistent, recorded
-from processes import freeze_trials
-from trainable import models
+from data.names import (
+    COMPLETED, CURVES_PLOT, EVAL_FILE, FRONT_CSV, FRONT_PLOT, LAYERS_PLOT, OPTUNA_FILE, REPORT_FILE, RESULT_FILE, RUN_FILE,
+    SPACE_COPY, STUDENT_FILE, TEACHER_FILE, TRIALS_FILE,
+)
+from tests.experiments import consistent, recorded, trial_end
+from tests.processes import freeze_trials
+from tests.searches import ROOT, search_command, tiny_inputs, tiny_space, write_space
 
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
 
-ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 300
 BUCKET = "plugkd"
 NUM_SAMPLES = 4
-TRIAL_ENDS = ("completed", "stopped_early", "infeasible")
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
                "AWS_EC2_METADATA_DISABLED": "true"}  # no instance-metadata probe: nothing outside 127.0.0.1
 
@@ -67,35 +65,22 @@ def bucket_snapshot(client) -> dict[str, tuple[str, int]]:
 def searched(tmp_path_factory, s3) -> dict:
     """A search stored in the bucket, SIGKILLed (its whole process group) after two trials ended, then resumed."""
     tmp = tmp_path_factory.mktemp("s3")
-    generate(tmp / "data", train=4, val=4, size=(32, 64), seed=1, extra=8)
-    torch.manual_seed(0)
-    torch.save(models.build("deepwv3plus", width=0.0625).state_dict(), tmp / "teacher.pt")
-    space = tmp / "s3.yaml"
-    space.write_text(yaml.safe_dump({
-        "teacher": {"arch": "deepwv3plus", "num_classes": 19, "width": 0.0625, "checkpoint": str(tmp / "teacher.pt")},
-        "data": {"dataset": "cityscapes", "root": str(tmp / "data"), "unlabeled": ["leftImg8bit/train_extra"],
-                 "val": "val", "crop": [32, 64], "scale": [1.0, 1.0], "batch_size": 4, "eval": "whole"},
-        "policy": {"budget": {"max_param_ratio": 0.75},
-                   "groups": [{"layers": ["mod7.*.convs.conv2", "aspp.features.[123].0"], "ops": ["keep", "dws"]},
-                              {"layers": ["mod5.*.convs.conv[12]"], "ops": ["keep", "dws", "group2"]}]},
-        "distill": {"epochs": 2, "steps_per_epoch": 2, "w_hint": {"loguniform": [0.1, 10], "default": 1}},
-        "search": {"num_samples": NUM_SAMPLES, "searcher": "tpe", "scheduler": "none", "resources": {"cpu": 1, "gpu": 0},
-                   "max_concurrent": 2, "seed": 0, "retrain_epochs": 1},
-    }))
+    raw = tiny_space(tmp / "data", tiny_inputs(tmp, extra=8), num_samples=NUM_SAMPLES, scheduler="none")
+    del raw["distill"]["lr"]
+    raw["distill"]["epochs"] = 2
+    space = write_space(tmp, raw, "s3.yaml", sort_keys=True)
     storage = f"s3://{BUCKET}/runs?{s3['query']}"
     uri = f"s3://{BUCKET}/runs/n?{s3['query']}"
-    run = [sys.executable, str(ROOT / "search" / "run.py")]
-    driver = subprocess.Popen([*run, "--space", str(space), "--storage", storage, "--name", "n"], cwd=ROOT, env=s3["env"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    driver = subprocess.Popen(search_command("--space", space, "--storage", storage, "--name", "n"), cwd=ROOT,
+                              env=s3["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     ended: set[str] = set()
     log = []
     deadline = time.monotonic() + TIMEOUT
     try:
         for line in driver.stdout:
             log.append(line)
-            fields = line.split()
-            if len(fields) >= 6 and fields[5] in TRIAL_ENDS:
-                ended.add(fields[0])
+            if end := trial_end(line):
+                ended.add(end[0])
             if len(ended) >= 2 or time.monotonic() > deadline:
                 break
         freeze_trials(driver.pid)  # the running trials can end no more: the search is unfinished when it is killed
@@ -106,7 +91,7 @@ def searched(tmp_path_factory, s3) -> dict:
         driver.wait()
     assert len(ended) >= 2, "".join(log)
     before = objects(s3["client"], "runs/n/")
-    resumed = subprocess.run([*run, "--resume", uri], cwd=ROOT, env=s3["env"], capture_output=True, text=True,
+    resumed = subprocess.run(search_command("--resume", uri), cwd=ROOT, env=s3["env"], capture_output=True, text=True,
                              timeout=TIMEOUT)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     return {"tmp": tmp, "uri": uri, "ended": ended, "before": before, "resumed": resumed, "first": "".join(log)}
@@ -115,19 +100,19 @@ def searched(tmp_path_factory, s3) -> dict:
 def test_search_killed_and_resumed_on_s3_writes_trials_parquet_into_the_bucket(searched, s3):
     assert f"resuming '{searched['uri']}'" in searched["resumed"].stdout  # quoted: the query's & is a shell word
     stored = objects(s3["client"], "runs/n/")
-    table = pd.read_parquet(io.BytesIO(stored["runs/n/trials.parquet"]))
+    table = pd.read_parquet(io.BytesIO(stored[f"runs/n/{TRIALS_FILE}"]))
     assert len(table) == NUM_SAMPLES and table["trial_id"].is_unique
-    assert (table["status"] == "completed").all() and table["miou"].between(0, 1).all()
+    assert (table["status"] == COMPLETED).all() and table["miou"].between(0, 1).all()
     assert all(path.startswith(f"{BUCKET}/runs/n/trial_") for path in table["checkpoint"])  # checkpoints in the bucket
-    assert {"runs/n/space.yaml", "runs/n/run.json", "runs/n/teacher.json"} <= set(stored)
-    assert not any(key.endswith("optuna.db") for key in stored)  # the study lives in Ray's searcher state on S3
+    assert {f"runs/n/{name}" for name in (SPACE_COPY, RUN_FILE, TEACHER_FILE)} <= set(stored)
+    assert not any(key.endswith(OPTUNA_FILE) for key in stored)  # the study lives in Ray's searcher state on S3
     assert not (ROOT / BUCKET).exists()  # nothing went to a local folder named like the bucket
 
 
 def test_trials_finished_before_the_kill_are_not_run_again(searched, s3):
     stored = objects(s3["client"], "runs/n/")
     for trial_id in searched["ended"]:
-        key = f"runs/n/trial_{trial_id}/result.json"
+        key = f"runs/n/trial_{trial_id}/{RESULT_FILE}"
         assert stored[key] == searched["before"][key], f"trial {trial_id} ran again after resume"
 
 
@@ -137,9 +122,9 @@ def test_analysis_of_an_s3_experiment_writes_its_outputs_into_the_bucket(searche
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"into {searched['uri']}" in done.stdout
     stored = objects(s3["client"], "runs/n/")
-    for name in ("pareto.csv", "pareto.png", "curves.png", "layers.png", "report.md"):
+    for name in (FRONT_CSV, FRONT_PLOT, CURVES_PLOT, LAYERS_PLOT, REPORT_FILE):
         assert stored[f"runs/n/{name}"], name
-    front = pd.read_csv(io.BytesIO(stored["runs/n/pareto.csv"]))
+    front = pd.read_csv(io.BytesIO(stored[f"runs/n/{FRONT_CSV}"]))
     assert 1 <= len(front) <= NUM_SAMPLES
 
 
@@ -148,13 +133,14 @@ def test_retrain_reads_the_best_trials_checkpoint_from_the_bucket(searched, s3):
     done = subprocess.run([sys.executable, str(ROOT / "search" / "retrain.py"), searched["uri"], "--out", str(out),
                            "--no-onnx"], cwd=ROOT, env=s3["env"], capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stdout + done.stderr
-    table = pd.read_parquet(io.BytesIO(objects(s3["client"], "runs/n/trials.parquet")["runs/n/trials.parquet"]))
+    key = f"runs/n/{TRIALS_FILE}"
+    table = pd.read_parquet(io.BytesIO(objects(s3["client"], key)[key]))
     best = table.sort_values("miou", ascending=False).iloc[0]
     assert f"retraining trial {best['trial_id']} of s3://{BUCKET}/runs/n " in done.stdout
     assert f"from its checkpoint {best['checkpoint']} for 1 epochs" in done.stdout
-    report = json.loads((out / "n" / "eval.json").read_text())
+    report = json.loads((out / "n" / EVAL_FILE).read_text())
     assert report["epochs"] == 1 and 0 <= report["miou"] <= 1
-    assert (out / "n" / "student.pt").is_file()
+    assert (out / "n" / STUDENT_FILE).is_file()
 
 
 def test_analysis_of_a_prefix_holding_no_experiment_is_one_line_naming_the_uri(s3):

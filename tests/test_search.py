@@ -15,63 +15,34 @@ import pytest
 import torch
 import yaml
 
-from cli import run_main
-from data.synthetic import generate
-from experiments import local_snapshot, recorded, result_rows, state_of, study_states, tree, wait_for
-from processes import freeze_trials, thaw
+from data.names import (
+    COMPLETED, EVAL_FILE, INFEASIBLE, MEASURED_STATUSES, POLICY_FILE, RUN_FILE, STATUSES, STOPPED_EARLY, STUDENT_FILE,
+    STUDENT_ONNX, TEACHER_FILE, TRIALS_FILE,
+)
 from search import retrain, run
 from search.lock import LOCK_FILE
-from trainable import models
+from tests.cli import run_main
+from tests.experiments import (
+    local_snapshot, recorded, result_rows, state_of, study_states, trial_end, tree, wait_for,
+)
+from tests.processes import freeze_trials, thaw
+from tests.searches import ROOT, TINY_EPOCHS, search_command, tiny_space, write_space
 
-ROOT = Path(__file__).resolve().parents[1]
 SEARCH_TIMEOUT = 300
-EPOCHS = 3
-TRIAL_ENDS = ("completed", "stopped_early", "infeasible")
-
-
-def tiny_space(tmp: Path, data_root: Path, teacher: Path, **search) -> dict:
-    return {
-        "teacher": {"arch": "deepwv3plus", "num_classes": 19, "width": 0.0625, "checkpoint": str(teacher)},
-        "data": {"dataset": "cityscapes", "root": str(data_root), "unlabeled": ["leftImg8bit/train_extra"],
-                 "val": "val", "crop": [32, 64], "scale": [1.0, 1.0], "batch_size": 4, "eval": "whole"},
-        "policy": {
-            "budget": {"max_param_ratio": 0.75},
-            "groups": [
-                {"layers": ["mod7.*.convs.conv2", "aspp.features.[123].0"], "ops": ["keep", "dws"]},
-                {"layers": ["mod5.*.convs.conv[12]"], "ops": ["keep", "dws", "group2"]},
-            ],
-        },
-        "distill": {"epochs": EPOCHS, "steps_per_epoch": 2, "w_hint": {"loguniform": [0.1, 10], "default": 1},
-                    "lr": {"loguniform": [1e-3, 1e-2], "default": 3e-3}},
-        "search": {"num_samples": 8, "searcher": "tpe", "scheduler": {"asha": {"grace_period": 1, "reduction_factor": 2}},
-                   "resources": {"cpu": 1, "gpu": 0}, "max_concurrent": 2, "seed": 0, "retrain_epochs": 1, **search},
-    }
+EPOCHS = TINY_EPOCHS
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> dict[str, Path]:
+def workspace(tmp_path_factory, tiny_search_inputs) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("search")
-    generate(tmp / "data", train=4, val=4, size=(32, 64), seed=1, extra=16)
-    teacher = tmp / "teacher.pt"
-    torch.manual_seed(0)
-    torch.save(models.build("deepwv3plus", width=0.0625).state_dict(), teacher)
-    space = tmp / "tiny.yaml"
-    space.write_text(yaml.safe_dump(tiny_space(tmp, tmp / "data", teacher)))
-    return {"tmp": tmp, "space": space, "storage": tmp / "runs"}
-
-
-def command(*args: str | Path) -> list[str]:
-    return [sys.executable, str(ROOT / "search" / "run.py"), *map(str, args)]
+    data, teacher = tiny_search_inputs.data, tiny_search_inputs.teacher
+    space = write_space(tmp, tiny_space(data, teacher), "tiny.yaml", sort_keys=True)
+    return {"tmp": tmp, "data": data, "teacher": teacher, "space": space, "storage": tmp / "runs"}
 
 
 def ended_trials(log: Path) -> dict[str, str]:
     """Trials the driver's progress lines say have ended, with how."""
-    ended = {}
-    for line in log.read_text().splitlines():
-        fields = line.split()
-        if len(fields) >= 6 and fields[5] in TRIAL_ENDS:
-            ended[fields[0]] = fields[5]
-    return ended
+    return dict(end for end in map(trial_end, log.read_text().splitlines()) if end)
 
 
 def running_with_checkpoint(experiment: Path, ended: dict[str, str]) -> list[Path]:
@@ -89,11 +60,12 @@ def killed_and_resumed(workspace) -> dict:
     experiment = workspace["storage"] / "kill"
     log = workspace["tmp"] / "kill.log"
     with log.open("w") as out:
-        driver = subprocess.Popen(command("--space", workspace["space"], "--name", "kill", "--storage", workspace["storage"]),
+        driver = subprocess.Popen(search_command("--space", workspace["space"], "--name", "kill",
+                                                 "--storage", workspace["storage"]),
                                   cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lock = experiment / LOCK_FILE
     try:
-        wait_for(lambda: (experiment / "run.json").is_file() and lock.is_file() and lock.read_text(), driver, log)
+        wait_for(lambda: (experiment / RUN_FILE).is_file() and lock.is_file() and lock.read_text(), driver, log)
         second = run_main(run.main, ["--resume", experiment])  # this process: another driver than the holder
         while True:
             wait_for(lambda: len(ended_trials(log)) >= 3 and running_with_checkpoint(experiment, ended_trials(log)),
@@ -117,7 +89,7 @@ def killed_and_resumed(workspace) -> dict:
     before = {tid: result_rows(experiment / f"trial_{tid}") for tid in ended}
     trees = {tid: tree(experiment / f"trial_{tid}") for tid in ended}
     truncated_rows = result_rows(truncated)
-    resumed = subprocess.run(command("--resume", experiment), cwd=ROOT, capture_output=True, text=True,
+    resumed = subprocess.run(search_command("--resume", experiment), cwd=ROOT, capture_output=True, text=True,
                              timeout=SEARCH_TIMEOUT)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     return {"experiment": experiment, "ended": ended, "before": before, "trees": trees, "resumed": resumed,
@@ -127,7 +99,7 @@ def killed_and_resumed(workspace) -> dict:
 
 def test_resume_after_sigkill_reaches_all_trials_without_rerunning_finished_ones(killed_and_resumed):
     experiment = killed_and_resumed["experiment"]
-    table = pd.read_parquet(experiment / "trials.parquet")
+    table = pd.read_parquet(experiment / TRIALS_FILE)
     assert len(table) == 8
     assert table["trial_id"].is_unique
     assert len(killed_and_resumed["ended"]) >= 3
@@ -164,9 +136,9 @@ def test_truncated_checkpoint_restarts_that_trial_from_the_start_with_one_warnin
 
 
 def test_optuna_study_in_sqlite_survives_the_kill_and_matches_every_trial(killed_and_resumed):
-    table = pd.read_parquet(killed_and_resumed["experiment"] / "trials.parquet")
+    table = pd.read_parquet(killed_and_resumed["experiment"] / TRIALS_FILE)
     states = study_states(killed_and_resumed["experiment"])
-    expected = {"completed": "COMPLETE", "stopped_early": "PRUNED"}
+    expected = {COMPLETED: "COMPLETE", STOPPED_EARLY: "PRUNED"}
     for _, row in table.iterrows():
         assert state_of(states, row["hp.w_hint"]) == expected[row["status"]], row
     assert "RUNNING" not in states.values()  # what the killed driver had asked for is closed
@@ -174,27 +146,36 @@ def test_optuna_study_in_sqlite_survives_the_kill_and_matches_every_trial(killed
 
 def test_asha_stops_early_and_no_sample_is_spent_over_the_budget(killed_and_resumed):
     experiment = killed_and_resumed["experiment"]
-    table = pd.read_parquet(experiment / "trials.parquet")
-    assert (table["status"] == "stopped_early").sum() >= 1
-    assert (table["status"] != "infeasible").all()
-    teacher = json.loads((experiment / "teacher.json").read_text())
+    table = pd.read_parquet(experiment / TRIALS_FILE)
+    assert (table["status"] == STOPPED_EARLY).sum() >= 1
+    assert (table["status"] != INFEASIBLE).all()
+    teacher = json.loads((experiment / TEACHER_FILE).read_text())
     assert (table["params"] <= 0.75 * teacher["params"]).all()
     repaired = table[table["proposal"] == "repaired"]
     assert len(repaired) >= 1  # TPE proposed over-budget policies; each was repaired before training
-    trained = table[table["status"].isin(["completed", "stopped_early"])]
+    trained = table[table["status"].isin(MEASURED_STATUSES)]
     assert (trained["miou"].between(0, 1)).all()
 
 
 def test_trials_parquet_schema(killed_and_resumed):
-    table = pd.read_parquet(killed_and_resumed["experiment"] / "trials.parquet")
+    table = pd.read_parquet(killed_and_resumed["experiment"] / TRIALS_FILE)
     required = ["trial_id", "status", "policy", "params", "flops", "miou", "miou_last", "epochs", "wall_s", "checkpoint"]
     assert set(required) <= set(table.columns)
     assert {"hp.w_hint", "hp.lr", "hp.policy.group0", "hp.policy.group1"} <= set(table.columns)
-    assert set(table["status"]) <= {"completed", "stopped_early", "infeasible", "error"}
+    assert set(table["status"]) <= set(STATUSES)
     for policy in table["policy"]:
         assert isinstance(json.loads(policy), dict)
-    completed = table[table["status"] == "completed"]
+    completed = table[table["status"] == COMPLETED]
     assert (completed["epochs"] == EPOCHS).all()
+
+
+def test_every_trained_trial_keeps_its_tensorboard_files_in_the_experiment(killed_and_resumed):
+    experiment = killed_and_resumed["experiment"]
+    table = pd.read_parquet(experiment / TRIALS_FILE)
+    trained = table[table["epochs"] > 0]["trial_id"]
+    assert len(trained) >= 4  # several trials per worker process (reuse_actors)
+    for trial_id in trained:
+        assert list((experiment / f"trial_{trial_id}" / "tb").glob("events.out.tfevents.*")), trial_id
 
 
 def test_experiment_is_readable_by_ray(killed_and_resumed):
@@ -219,10 +200,10 @@ def test_retrain_best_trial_then_load_and_evaluate_in_a_fresh_process(killed_and
     out = workspace["tmp"] / "checkpoints"
     code, stdout, stderr = run_main(retrain.main, [killed_and_resumed["experiment"], "--out", out, "--device", "cpu"])
     assert code == 0, stdout + stderr
-    assert (out / "kill" / "student.onnx").is_file()  # exported beside student.pt by default
+    assert (out / "kill" / STUDENT_ONNX).is_file()  # exported beside student.pt by default
     folder = out / "kill"
-    report = json.loads((folder / "eval.json").read_text())
-    policy = json.loads((folder / "policy.json").read_text())
+    report = json.loads((folder / EVAL_FILE).read_text())
+    policy = json.loads((folder / POLICY_FILE).read_text())
     check = f"""
 import json, torch
 from trainable import tasks
@@ -230,9 +211,9 @@ from trainable.surgery import load_student
 from data.settings import DataSettings
 from data.cityscapes import CityscapesSegmentation
 from data.transforms import eval_transforms
-student, meta = load_student({str(folder / 'student.pt')!r})
-loader = torch.utils.data.DataLoader(CityscapesSegmentation({str(workspace['tmp'] / 'data')!r}, 'val', eval_transforms()))
-result = tasks.get(meta["task"]).evaluate(student, loader, DataSettings(root={str(workspace['tmp'] / 'data')!r}), 19)
+student, meta = load_student({str(folder / STUDENT_FILE)!r})
+loader = torch.utils.data.DataLoader(CityscapesSegmentation({str(workspace['data'])!r}, 'val', eval_transforms()))
+result = tasks.get(meta["task"]).evaluate(student, loader, DataSettings(root={str(workspace['data'])!r}), 19)
 print(json.dumps({{"miou": result["miou"], "policy": meta["policy"]}}))
 """
     fresh = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -250,7 +231,7 @@ def test_existing_experiment_is_not_overwritten(killed_and_resumed, workspace):
 
 def test_trials_asking_for_more_gpus_than_there_are_are_refused(workspace):
     space = workspace["tmp"] / "gpu.yaml"
-    raw = tiny_space(workspace["tmp"], workspace["tmp"] / "data", workspace["tmp"] / "teacher.pt")
+    raw = tiny_space(workspace["data"], workspace["teacher"])
     raw["search"]["resources"] = {"cpu": 1, "gpu": torch.cuda.device_count() + 1}  # one more than this machine has
     space.write_text(yaml.safe_dump(raw))
     code, _, err = run_main(run.main, ["--space", space, "--storage", workspace["storage"]])

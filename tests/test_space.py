@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-import yaml
+import torch
 
 from data.errors import InputError, run_cli
 from data.synthetic import generate
@@ -16,6 +16,9 @@ from search import run
 from search.choices import resolve_choices
 from search.lock import LOCK_FILE
 from search.space import Distribution, load_space
+from tests.searches import write_space
+from trainable.config import DistillSettings
+from trainable.library import chunk_layers, probe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,12 +56,6 @@ def tiny(tmp: Path) -> dict:
         "search": {"num_samples": 4, "searcher": "tpe", "scheduler": {"asha": {"grace_period": 1, "reduction_factor": 2}},
                    "resources": {"cpu": 1, "gpu": 0}, "max_concurrent": 1, "seed": 0},
     }
-
-
-def write(tmp: Path, content: dict | str) -> Path:
-    path = tmp / "space.yaml"
-    path.write_text(content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False))
-    return path
 
 
 def run_command(space: Path, storage: Path, capsys) -> tuple[Any, list[str]]:
@@ -145,7 +142,7 @@ def assert_one_line(code: Any, lines: list[str], space: Path, field: str) -> Non
 
 @pytest.mark.parametrize("change, field", [case[1:] for case in BROKEN], ids=[case[0] for case in BROKEN])
 def test_broken_space_is_one_line_and_exit_2(tmp_path, capsys, change, field):
-    space = write(tmp_path, change(tiny(tmp_path)))
+    space = write_space(tmp_path, change(tiny(tmp_path)))
     storage = tmp_path / "runs"
     code, lines = run_command(space, storage, capsys)
     assert_one_line(code, lines, space, field)
@@ -168,7 +165,7 @@ def test_missing_space_file(tmp_path, capsys):
 
 
 def test_missing_data_root_names_space_and_field(tmp_path, capsys):
-    space = write(tmp_path, tiny(tmp_path))
+    space = write_space(tmp_path, tiny(tmp_path))
     code, lines = run_command(space, tmp_path / "runs", capsys)
     assert_one_line(code, lines, space, "data.root")
     assert str(tmp_path / "data") in lines[0]
@@ -177,14 +174,14 @@ def test_missing_data_root_names_space_and_field(tmp_path, capsys):
 def test_valid_space_passes_every_check_before_ray_and_writes_nothing(tmp_path, capsys):
     generate(tmp_path / "data", train=0, val=1, size=(32, 64), seed=0, extra=1)
     storage = tmp_path / "runs"
-    code, lines = run_command(write(tmp_path, tiny(tmp_path)), storage, capsys)
+    code, lines = run_command(write_space(tmp_path, tiny(tmp_path)), storage, capsys)
     assert code == "ray started", lines
     written = [path.name for path in storage.rglob("*") if path.is_file()]
     assert written == [LOCK_FILE]  # the driver's lock is taken before Ray starts; nothing else is written
 
 
 def test_command_line_refuses_a_broken_space(tmp_path):
-    space = write(tmp_path, edit(lambda s: s.__setitem__("extras", {}))(tiny(tmp_path)))
+    space = write_space(tmp_path, edit(lambda s: s.__setitem__("extras", {}))(tiny(tmp_path)))
     done = subprocess.run([sys.executable, "search/run.py", "--space", str(space), "--storage", str(tmp_path / "runs")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
@@ -194,26 +191,38 @@ def test_command_line_refuses_a_broken_space(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("name, groups", [("demo", 5), ("wrn38", 34)])
+@pytest.mark.parametrize("name, groups", [("demo", 5), ("demo_classification", 4), ("wrn38", 34), ("gscnn", 35),
+                                          ("resnet50", 16)])
 def test_shipped_spaces_load_and_resolve(name, groups):
     space = load_space(ROOT / "spaces" / f"{name}.yaml")
     choices = resolve_choices(space)
     assert len(choices.choices) == groups
     assert choices.max_params is not None and choices.max_params < choices.teacher_params
+    assert space.library is not None  # trials start from trained plugs
+
+
+@pytest.mark.parametrize("name", ["wrn38", "resnet50"])
+def test_real_spaces_library_batch_is_one_chunk(name):
+    """A library batch's captured conv inputs and outputs fit the space's bound: one teacher forward per batch."""
+    space = load_space(ROOT / "spaces" / f"{name}.yaml")
+    layers = [layer for choice in resolve_choices(space).choices for layer in choice.layers]
+    images = torch.empty(space.library.batch_size, 3, *space.input_size, device="meta")
+    sizes = probe(space.teacher.structure(), images, layers, torch.device("cpu"))
+    assert len(chunk_layers({layer: size for layer, (_, size) in sizes.items()}, space.library.max_activation_bytes)) == 1
 
 
 def test_defaults_become_fixed_values(tmp_path):
-    space = load_space(write(tmp_path, tiny(tmp_path)))
+    space = load_space(write_space(tmp_path, tiny(tmp_path)))
     assert space.searched["w_hint"] == Distribution("loguniform", (0.1, 10), 2.5)
     assert space.distill.w_hint == 2.5
     assert space.searched["w_kd"] == Distribution("uniform", (0.5, 2), None)
-    assert space.distill.w_kd == 1.0  # no default: the distillation's own
+    assert space.distill.w_kd == DistillSettings().w_kd  # no default: the distillation's own
     assert space.searched["temperature"].default == 2 and space.distill.temperature == 2  # a choice: its first
     assert space.distill.epochs == 3 and "epochs" not in space.searched
 
 
 def test_per_layer_gives_one_choice_per_layer(tmp_path):
-    choices = resolve_choices(load_space(write(tmp_path, tiny(tmp_path))))
+    choices = resolve_choices(load_space(write_space(tmp_path, tiny(tmp_path))))
     group, *layers = choices.choices
     assert group.key == "group0" and len(group.layers) == 4  # mod7's conv2 and three ASPP branches
     assert [c.layers for c in layers] == [(c.key,) for c in layers]
@@ -222,4 +231,4 @@ def test_per_layer_gives_one_choice_per_layer(tmp_path):
 
 def test_load_space_raises_input_error(tmp_path):
     with pytest.raises(InputError, match=r"space\.yaml: distill\.lr\.uniform: expected \[low, high\] with low < high"):
-        load_space(write(tmp_path, _set("distill", "lr", {"uniform": [5, 1]})(tiny(tmp_path))))
+        load_space(write_space(tmp_path, _set("distill", "lr", {"uniform": [5, 1]})(tiny(tmp_path))))

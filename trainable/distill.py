@@ -1,12 +1,14 @@
 """One distillation run: a student (teacher + policy) learns from the frozen teacher on unlabeled images.
 
 Per step: one teacher forward without grad that records the outputs of the plugged layers (and of the
-shared frozen prefix, see `shared_prefix`) with forward hooks, then one student forward and backward.
-Usable without Ray; `search.trial` wraps it for a search.
+shared frozen prefix, see `trainable.parts.shared_prefix`) with forward hooks, then one student forward
+and backward. What trains and how BatchNorm behaves: `trainable.parts`. Usable without Ray;
+`search.trial` wraps it for a search.
 """
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import random
 import time
@@ -21,16 +23,17 @@ from torch.utils.tensorboard import SummaryWriter
 from data.errors import InputError
 from data.kinds import kind
 from data.settings import DataSettings
-from trainable import losses, tasks
+from trainable import losses, parts, tasks
 from trainable.checkpoint import save_atomic
 from trainable.config import DistillSettings, TeacherSettings, pick_device
-from trainable.inventory import count_flops, count_params, output_classes
+from trainable.inventory import convs, count_flops, count_params, output_classes
 from trainable.loaders import labeled_train_set, train_loader, unlabeled_set, val_loader
 from trainable.optim import make_optimizer, make_scheduler
 from trainable.precision import amp_dtype, autocast
 from trainable.surgery import apply_policy, plugged_layers
 
 EpochCallback = Callable[[dict, "Distillation"], None]
+RECALIBRATION_IMAGES = 512  # unlabeled images over which `distill.bn: recalibrate` estimates BatchNorm statistics
 
 
 class NonFiniteLoss(RuntimeError):
@@ -46,41 +49,6 @@ class _Replay(nn.Module):
 
     def forward(self, *args, **kwargs) -> Tensor:
         return self.cache[self.name]
-
-
-def _conv_order(model: nn.Module) -> dict[str, int]:
-    return {name: i for i, (name, m) in enumerate(
-        (n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))}
-
-
-def shared_prefix(teacher: nn.Module, student: nn.Module, first_plugged: str, sample: Tensor) -> list[str]:
-    """Largest frozen student modules that run, once each, before the first plugged layer.
-
-    Their inputs and weights equal the teacher's, so the student can reuse the teacher's outputs.
-    """
-    calls: dict[str, list[int]] = {}
-    clock = iter(range(1 << 62))
-    handles = []
-    for name, module in teacher.named_modules():
-        if not name:
-            continue
-        handles.append(module.register_forward_pre_hook(lambda m, a, n=name: calls.setdefault(n, []).append(next(clock))))
-        handles.append(module.register_forward_hook(lambda m, a, o, n=name: calls[n].append(next(clock))))
-    with torch.no_grad():
-        teacher(sample)
-    for handle in handles:
-        handle.remove()
-    if first_plugged not in calls:
-        return []
-    start = calls[first_plugged][0]
-    student_modules = dict(student.named_modules())
-    candidates = {
-        name
-        for name, ticks in calls.items()
-        if len(ticks) == 2 and ticks[1] < start and name in student_modules
-        and not any(p.requires_grad for p in student_modules[name].parameters())
-    }
-    return [name for name in candidates if name.rpartition(".")[0] not in candidates]
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -119,10 +87,16 @@ class Distillation:
         if self.device.type == "cuda":
             self.teacher.to(memory_format=torch.channels_last)
             self.student.to(memory_format=torch.channels_last)
-        order = _conv_order(self.teacher)
-        self.plugged = sorted(plugged_layers(self.policy), key=order.__getitem__)
-        self.depth_weights = losses.depth_weights([order[name] + 1 for name in self.plugged])
-        self._configure_trainable()
+        sample = torch.zeros(1, 3, *input_size, device=self.device)
+        calls = parts.record_calls(self.student, sample)  # the forward's order, once
+        self.plugged = parts.in_forward_order(calls, plugged_layers(self.policy))
+        depth = {name: i + 1 for i, name in enumerate(parts.in_forward_order(calls, convs(self.teacher)))}
+        self.depth_weights = losses.depth_weights([depth[name] for name in self.plugged])
+        parts.configure(self.student, settings.train, self.plugged, calls)
+        self.batchnorms = parts.affected_batchnorms(self.student, settings.train, self.plugged, calls)
+        start = parts.start_of(calls, self.plugged)
+        shares = settings.train != "all" and start is not None
+        self.prefix = parts.shared_prefix(self.student, calls, start) if shares else []
 
         self.labeled = settings.w_ce > 0
         self.train_set = labeled_train_set(data) if self.labeled else unlabeled_set(data)
@@ -147,28 +121,13 @@ class Distillation:
         self._student_out: dict[str, Tensor] = {}
         for name in self.plugged:
             self.student.get_submodule(name).register_forward_hook(self._recorder(self._student_out, name))
-        self.prefix = self._find_prefix()
 
     # --- set-up -----------------------------------------------------------------------------------
-    def _configure_trainable(self) -> None:
-        if self.settings.train == "all":
-            self.student.requires_grad_(True)
-            return
-        self.student.requires_grad_(False)
-        for name in self.plugged:
-            self.student.get_submodule(name).requires_grad_(True)
-
     def _steps_per_epoch(self) -> int:
         batches = max(1, len(self.train_set) // self.data.batch_size)
         if self.settings.steps_per_epoch is not None:
             batches = min(batches, self.settings.steps_per_epoch)
         return batches
-
-    def _find_prefix(self) -> list[str]:
-        if self.settings.train != "plugged" or not self.plugged:
-            return []
-        sample = torch.zeros(1, 3, *kind(self.data.dataset).input_size(self.data), device=self.device)
-        return shared_prefix(self.teacher, self.student, self.plugged[0], sample)
 
     @staticmethod
     def _recorder(store: dict[str, Tensor], name: str):
@@ -204,19 +163,20 @@ class Distillation:
 
     @contextlib.contextmanager
     def _training_mode(self, active: list[str]) -> Iterator[None]:
-        """Student in train mode (all frozen when only plugged layers train), frozen prefix replayed.
+        """Student in eval mode but for the BatchNorm layers `distill.bn: batch` trains, frozen prefix replayed.
 
         The teacher's recording hooks live only inside this context: a teacher shared by several
         runs (one Ray worker, many trials) never keeps hooks of a finished run.
         """
-        self.student.train(self.settings.train == "all")
+        self.student.eval()
         replaced = {name: self.student.get_submodule(name) for name in self.prefix}
         for name in self.prefix:
             _set_submodule(self.student, name, _Replay(self._teacher_out, name))
         hooks = [self.teacher.get_submodule(n).register_forward_hook(self._recorder(self._teacher_out, n))
                  for n in self.plugged + self.prefix]
+        batch = self.batchnorms if self.settings.bn == "batch" else []
         try:
-            with self._bypass(active):
+            with self._bypass(active), parts.batch_statistics(self.student, batch):
                 yield
         finally:
             for hook in hooks:
@@ -317,6 +277,14 @@ class Distillation:
         np.random.seed(seed % 2**32)
         random.seed(seed)
 
+    def recalibrate(self) -> int:
+        """Running statistics of the affected BatchNorm layers estimated anew over up to RECALIBRATION_IMAGES
+        training images (in epoch 0's order); returns how many images it saw."""
+        loader = train_loader(self.train_set, self.data, self.settings.seed * 100_003)
+        batches = (self._to_device(batch[0] if self.labeled else batch) for batch in loader)
+        return parts.recalibrate(self.student, self.batchnorms, itertools.islice(
+            batches, max(1, RECALIBRATION_IMAGES // self.data.batch_size)))
+
     def evaluate_student(self) -> tasks.TaskResult:
         self.last_eval = self.task.evaluate(self.student, self.val, self.data, self.num_classes, self.device)
         return self.last_eval
@@ -332,6 +300,8 @@ class Distillation:
         started = time.perf_counter()
         metrics = self.train_epoch()
         with self._bypass(self.active_layers(self.epoch)):
+            if self.settings.bn == "recalibrate":
+                self.recalibrate()
             scores = self.evaluate_student().values
         self.epoch += 1
         metrics.update(
@@ -382,11 +352,17 @@ class Distillation:
 
     # --- checkpoints ------------------------------------------------------------------------------
     def trained_state(self) -> dict[str, Tensor]:
-        """Student weights that differ from the teacher: the plugged layers, or everything when all weights train."""
+        """Student state that may differ from the teacher's: the plugged layers, the modules that train and the
+        running statistics of the BatchNorm layers that `distill.bn` does not freeze (everything under `all`)."""
         state = self.student.state_dict()
         if self.settings.train == "all":
             return state
-        prefixes = tuple(f"{name}." for name in self.plugged)
+        changed = set(self.plugged)
+        changed |= {name for name, module in self.student.named_modules()
+                    if any(p.requires_grad for p in module.parameters(recurse=False))}
+        if self.settings.bn != "frozen":
+            changed |= set(self.batchnorms)
+        prefixes = tuple(f"{name}." for name in changed)
         return {k: v for k, v in state.items() if k.startswith(prefixes)}
 
     def state_dict(self) -> dict:

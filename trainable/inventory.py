@@ -18,6 +18,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
+from trainable.modes import in_mode
 from trainable.tasks import read_logits
 
 
@@ -73,18 +74,13 @@ def _forward(model: nn.Module, image: torch.Tensor, on_meta: bool) -> None:
 
 def measure(model: nn.Module, input_size: tuple[int, int], in_channels: int = 3) -> tuple[int, dict[str, int]]:
     """Total forward FLOPs of `model` on a (1, in_channels, H, W) image and the FLOPs of each conv by name."""
-    modes = {module: module.training for module in model.modules()}
     named = convs(model)
     image = torch.zeros(1, in_channels, *input_size, dtype=_example_dtype(model), device=_device(model))
-    model.eval()
-    try:
+    with in_mode(model, training=False):
         try:
             return _count(model, named, image, on_meta=True)
         except (NotImplementedError, RuntimeError):
             return _count(model, named, image, on_meta=False)
-    finally:
-        for module, training in modes.items():
-            module.training = training
 
 
 def _count(model: nn.Module, named: dict[str, nn.Conv2d], image: torch.Tensor, on_meta: bool) -> tuple[int, dict[str, int]]:
@@ -120,14 +116,8 @@ def _count(model: nn.Module, named: dict[str, nn.Conv2d], image: torch.Tensor, o
 def output_classes(model: nn.Module, input_size: tuple[int, int], in_channels: int = 3) -> int:
     """The number of classes (channel 1 of the logits) `model` outputs, from one forward on the meta device."""
     image = torch.zeros(1, in_channels, *input_size, dtype=_example_dtype(model), device="meta")
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            return int(read_logits(functional_call(model, _meta_state(model), (image,))).shape[1])
-    finally:
-        for module, training in modes.items():
-            module.training = training
+    with in_mode(model, training=False), torch.no_grad():
+        return int(read_logits(functional_call(model, _meta_state(model), (image,))).shape[1])
 
 
 def count_flops(model: nn.Module, input_size: tuple[int, int], in_channels: int = 3) -> int:

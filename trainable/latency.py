@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator, Literal, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -21,10 +21,13 @@ import torch
 from torch import nn
 
 from data.errors import InputError
+from data.names import KEEP
+from trainable.config import Backend, LatencySettings
 from trainable.export import export_onnx
+from trainable.modes import in_mode
 from trainable.ops import make_op
 
-Backend = Literal["torch", "onnxruntime"]
+DEFAULT = LatencySettings()  # the space's defaults are the functions' too
 
 
 @dataclass(frozen=True)
@@ -67,19 +70,17 @@ def _times_ms(call: Callable[[], object], device: torch.device, warmup: int, run
 @contextmanager
 def _benchmarked(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
     """`model` on `device` in eval mode; its device and train flags are restored after."""
-    flags = [(module, module.training) for module in model.modules()]
     home = next((t.device for t in [*model.parameters(), *model.buffers()]), device)
     try:
-        yield model.to(device).eval()
+        with in_mode(model, training=False):
+            yield model.to(device)
     finally:
         model.to(home)
-        for module, training in flags:
-            module.training = training
 
 
 def measure_latency(
-    model: nn.Module, input_size: Sequence[int], batch: int = 1, device: str | torch.device = "cpu",
-    warmup: int = 5, runs: int = 20, backend: Backend = "torch",
+    model: nn.Module, input_size: Sequence[int], batch: int = DEFAULT.batch, device: str | torch.device = "cpu",
+    warmup: int = DEFAULT.warmup, runs: int = DEFAULT.runs, backend: Backend = DEFAULT.backend,
 ) -> Latency:
     """Forward latency of `model` at (batch, 3, H, W); `onnxruntime` exports it to a temporary file first."""
     _check_counts(warmup, runs)
@@ -130,8 +131,8 @@ def _input_shapes(teacher: nn.Module, layers: Sequence[str], image: torch.Tensor
 
 
 def plug_latencies(
-    teacher: nn.Module, choices: Mapping[str, Sequence[str]], input_size: Sequence[int], batch: int = 1,
-    device: str | torch.device = "cpu", warmup: int = 3, runs: int = 20,
+    teacher: nn.Module, choices: Mapping[str, Sequence[str]], input_size: Sequence[int], batch: int = DEFAULT.batch,
+    device: str | torch.device = "cpu", warmup: int = DEFAULT.warmup, runs: int = DEFAULT.runs,
 ) -> dict[str, dict[str, float]]:
     """Median ms of each named conv alone (`keep`, always timed) and of each of its plugs alone, `{layer: {op: ms}}`.
 
@@ -151,7 +152,7 @@ def plug_latencies(
             shapes = _input_shapes(ready, list(choices), torch.zeros(batch, 3, height, width, device=device))
         for layer, ops in choices.items():
             conv = named[layer]
-            modules = {op: conv if op == "keep" else make_op(conv, op).eval() for op in ["keep", *ops]}
+            modules = {op: conv if op == KEEP else make_op(conv, op).eval() for op in [KEEP, *ops]}
             with torch.inference_mode():
                 features = torch.randn(shapes[layer], device=device)
                 table[layer] = {
@@ -167,11 +168,11 @@ def predicted_latency(
     """The teacher's latency plus, over the policy's plugged layers, the plug's time minus the conv's (`keep`)."""
     total = teacher_latency_ms
     for layer, op in policy.items():
-        if op == "keep":
+        if op == KEEP:
             continue
-        if layer not in table or op not in table[layer] or "keep" not in table[layer]:
+        if layer not in table or op not in table[layer] or KEEP not in table[layer]:
             raise InputError(
                 f"policy layer {layer!r} (op {op!r}): not in the latency table; time it with plug_latencies"
             )
-        total += table[layer][op] - table[layer]["keep"]
+        total += table[layer][op] - table[layer][KEEP]
     return total

@@ -1,7 +1,10 @@
 """Print a teacher's conv inventory, and with --policy the student's cost beside it.
 
 python -m trainable.layers --teacher ARCH [--num-classes C] [--width W] [--input-size H W] [--policy FILE] [--json]
-python -m trainable.layers --teacher module:callable [--args JSON] [--task T] [--input-size H W] ...
+python -m trainable.layers --teacher module:callable [--args JSON] [--task T] [--search-path DIR] [--input-size H W] ...
+
+A module:callable's module is imported from --search-path first (a space's teacher: the space file's folder), then
+from sys.path. `command(teacher, input_size)` is this command for a space's teacher, as a space's errors print it.
 
 The teacher is built on the meta device (no weights are allocated), so even a full-width teacher
 at 1024x2048 is inspected in well under a second.
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,11 +21,12 @@ import torch
 from torch import nn
 
 from data.errors import InputError, run_cli
+from data.names import KEEP
+from trainable import tasks
+from trainable.config import TeacherSettings
 from trainable.inventory import Layer, count_params, layers_from, measure
 from trainable.models import build, info, is_zoo
 from trainable.surgery import apply_policy, read_policy
-
-DEFAULT_SIZES = {"segmentation": (1024, 2048), "classification": (224, 224)}
 
 
 def _measure(model: nn.Module, input_size: tuple[int, int], what: str) -> tuple[int, list[Layer]]:
@@ -50,7 +55,7 @@ def _student_costs(
     """Per teacher conv: (op, student params, student FLOPs)."""
     costs = {}
     for layer in layers:
-        op = policy.get(layer.name, "keep")
+        op = policy.get(layer.name, KEEP)
         parts = [s for s in student_layers if s.name == layer.name or s.name.startswith(layer.name + ".")]
         costs[layer.name] = (op, sum(s.params for s in parts), sum(s.flops for s in parts))
     return costs
@@ -90,22 +95,45 @@ def _table(report: dict[str, Any], costs: dict[str, tuple[str, int, int]] | None
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def command(teacher: TeacherSettings, input_size: tuple[int, int]) -> str:
+    """The shell command, run from the current folder, that prints `teacher`'s inventory at `input_size`."""
+    words = ["python", "-m", "trainable.layers", "--teacher", teacher.arch]
+    if is_zoo(teacher.arch):
+        for flag, value in (("--num-classes", teacher.num_classes), ("--width", teacher.width)):
+            words += [flag, str(value)] if value is not None else []
+    else:
+        words += ["--args", json.dumps(dict(teacher.args))] if teacher.args else []
+        if teacher.search_path is not None:
+            here = Path.cwd().resolve()
+            folder = teacher.search_path.resolve()
+            words += ["--search-path", str(folder.relative_to(here) if folder.is_relative_to(here) else folder)]
+    return shlex.join([*words, "--input-size", str(input_size[0]), str(input_size[1])])
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainable.layers", description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", required=True, help="arch name in the zoo, or module:callable (imported from the current folder or sys.path)")
+    parser.add_argument("--teacher", required=True,
+                        help="arch name in the zoo, or module:callable (imported from --search-path, then sys.path)")
     parser.add_argument("--num-classes", type=int, help="classes of the teacher's head (zoo default if omitted)")
     parser.add_argument("--width", type=float, help="channel width multiplier of a zoo arch (default 1.0)")
     parser.add_argument("--args", type=json.loads, default={}, help="JSON keyword arguments of a module:callable teacher")
-    parser.add_argument("--task", choices=tuple(DEFAULT_SIZES), help="task of a module:callable teacher (sets the default input size)")
-    parser.add_argument(
-        "--input-size", type=int, nargs=2, metavar=("H", "W"), help="default 1024 2048 (segmentation) or 224 224"
-    )
+    parser.add_argument("--search-path", type=Path, default=Path.cwd(), metavar="DIR",
+                        help="folder a module:callable's module is imported from first, e.g. a space file's folder "
+                             "(default: the current folder)")
+    parser.add_argument("--task", choices=tasks.names(), default=tasks.Classification.name,
+                        help="task of a module:callable teacher (sets the default input size; default %(default)s)")
+    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="default " + " or ".join(
+        f"{task.inventory_size[0]} {task.inventory_size[1]} ({task.name})" for task in tasks.registered()))
     parser.add_argument("--policy", type=Path, help="JSON {layer: op}: show the student beside the teacher")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = parser.parse_args(argv)
+    return parser
 
-    task = info(args.teacher).task if is_zoo(args.teacher) else (args.task or "classification")
-    input_size = tuple(args.input_size) if args.input_size else DEFAULT_SIZES[task]
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+
+    task = tasks.get(info(args.teacher).task if is_zoo(args.teacher) else args.task)
+    input_size = tuple(args.input_size) if args.input_size else task.inventory_size
     if min(input_size) < 1:
         raise InputError(f"--input-size must be two positive integers, got {input_size[0]} {input_size[1]}")
     if args.num_classes is not None and args.num_classes < 1:
@@ -117,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.num_classes is not None:
         kwargs["num_classes"] = args.num_classes
     with torch.device("meta"):
-        teacher = build(args.teacher, Path.cwd(), **kwargs)
+        teacher = build(args.teacher, args.search_path, **kwargs)
     flops, layers = _measure(teacher, input_size, "teacher")
     report: dict[str, Any] = {"arch": args.teacher, "input_size": list(input_size), "params": count_params(teacher),
                               "flops": flops, "layers": layers}

@@ -2,10 +2,12 @@
 
 Training (`train_plugs`): one teacher forward per batch (eval mode, no grad) feeds every plug at
 once. Forward hooks capture each conv's input and output (cloned, so an in-place op later in the
-teacher cannot change them); every plug then takes one AdamW step on the normalised MSE between
-its output on the captured input and the captured output. Each plug has its own optimizer and
-cosine schedule, so plugs never wait for each other. A conv called more than once per forward
-trains on its last call.
+teacher cannot change them); each plug starts from its op's data-free initialisation from the
+teacher's weights (`trainable.ops`), and the sum over plugs of the normalised MSE between a plug's
+output on the captured input and the captured output takes one backward and one foreach AdamW step
+(cosine schedule) per batch: the losses are independent, so each plug gets its own gradient. A conv
+called more than once per forward trains on its last call. Without a terminal, one line per epoch
+says how far the build is.
 
 Memory: the captured input+output of every layer of a batch must fit in
 `LibrarySettings.max_activation_bytes`. Their sizes come from a probe of the first batch's shape
@@ -48,17 +50,22 @@ from tqdm import tqdm
 
 from data.errors import InputError
 from data.files import write_bytes_atomic
+from data.names import KEEP, PLUGS_FILE
+from data.schema import setting
 from trainable.inventory import convs
+from trainable.losses import agreement, kd_loss
+from trainable.modes import in_mode
 from trainable.ops import Plug, check_op, make_op, op_params
 from trainable.precision import autocast
 
 PlugKey = tuple[str, str]
 Images = Callable[[], Iterable[Any]]
 ScoreFn = Callable[[nn.Module], float]
+LogitsFn = Callable[[nn.Module, Tensor], Tensor]
 
-_FORMAT = 1  # bump when the plug training or file layout changes: old files then stop matching
-TABLE_NAME = "plugs.parquet"
-TABLE_COLUMNS = ["key", "layer", "op", "params", "flops", "local_error", "solo_score", "solo_drop"]
+_FORMAT = 2  # bump when the plug training or file layout changes: old files then stop matching
+TABLE_COLUMNS = ["key", "layer", "op", "params", "flops", "local_error", "solo_score", "solo_drop", "solo_kl",
+                 "solo_disagreement"]
 
 
 @dataclass(frozen=True)
@@ -72,11 +79,13 @@ class LibrarySettings:
     for those, three for every conv.
     """
 
-    epochs: int = 2
-    lr: float = 1e-3
-    batch_size: int = 8
-    cache: Path = Path("checkpoints/library")
-    max_activation_bytes: int = 4 * 2**30
+    epochs: int = setting("epochs each plug trains alone", 2, low=1)
+    lr: float = setting("learning rate of the plugs (AdamW, cosine schedule)", 1e-3, above=0)
+    batch_size: int | None = setting("images per batch of the teacher's forward that feeds every plug; null: "
+                                     "data.batch_size", None, low=1)
+    cache: Path = setting("where trained plugs are kept, by teacher hash; shared by searches",
+                          Path("checkpoints/library"))
+    max_activation_bytes: int = setting("bound on one batch's captured conv inputs and outputs", 4 * 2**30, low=1)
 
     def training_fields(self) -> dict[str, Any]:
         """The settings that change a trained plug (and so its cache key)."""
@@ -184,6 +193,20 @@ def load_plug(cache: PlugCache, teacher: nn.Module, layer: str, op: str) -> Plug
     return plug.train(conv.training)
 
 
+def policy_plugs(cache: PlugCache, teacher: nn.Module, policy: Mapping[str, str]) -> dict[str, dict[str, Tensor]]:
+    """The library's trained weights of every plug of `policy` (`{layer: op}`); InputError naming a missing one."""
+    states = {}
+    for layer, op in policy.items():
+        if op == KEEP:
+            continue
+        state = cache.read(layer, op, _conv_of(teacher, layer, op))
+        if state is None:
+            raise InputError(f"{cache.path(layer, op)}: plug {op!r} of layer {layer!r} is missing from the library; "
+                             "expected it built by python search/library.py")
+        states[layer] = state
+    return states
+
+
 def _conv_of(teacher: nn.Module, layer: str, op: str) -> nn.Conv2d:
     conv = convs(teacher).get(layer)
     if conv is None:
@@ -195,7 +218,7 @@ def _conv_of(teacher: nn.Module, layer: str, op: str) -> nn.Conv2d:
 def _wanted(teacher: nn.Module, layer_ops: Mapping[str, Sequence[str]]) -> list[PlugKey]:
     """Every (layer, op) but keep, in the teacher's conv order; InputError for one that does not fit."""
     order = {name: i for i, name in enumerate(convs(teacher))}
-    keys = [(layer, op) for layer, ops in layer_ops.items() for op in dict.fromkeys(ops) if op != "keep"]
+    keys = [(layer, op) for layer, ops in layer_ops.items() for op in dict.fromkeys(ops) if op != KEEP]
     for layer, op in keys:
         _conv_of(teacher, layer, op)
     return sorted(keys, key=lambda key: order[key[0]])
@@ -220,17 +243,6 @@ def _to_device(images: Tensor, device: torch.device) -> Tensor:
 def _prepare(module: nn.Module, device: torch.device) -> nn.Module:
     module.to(device)
     return module.to(memory_format=torch.channels_last) if device.type == "cuda" else module
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes.items():
-            module.training = training
 
 
 @contextlib.contextmanager
@@ -262,7 +274,7 @@ def probe(teacher: nn.Module, images: Tensor, layers: Sequence[str], device: tor
 
         return hook
 
-    with _eval_mode(teacher), _hooks(named, layers, make), torch.no_grad():
+    with in_mode(teacher, training=False), _hooks(named, layers, make), torch.no_grad():
         try:
             tensors = {n: torch.empty_like(t, device="meta") for n, t in teacher.named_parameters(remove_duplicate=False)}
             tensors |= {n: torch.empty_like(t, device="meta") for n, t in teacher.named_buffers(remove_duplicate=False)}
@@ -324,49 +336,67 @@ def _capture(store: dict[str, tuple[Tensor, Tensor]]) -> Callable[[str], Callabl
     return make
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
 def _train_chunk(
     teacher: nn.Module, keys: Sequence[PlugKey], images: Images, cache: PlugCache, device: torch.device,
-    batches: int, progress: bool, label: str,
+    batches: int, progress: Callable[[str], None] | None, label: str,
 ) -> tuple[dict[PlugKey, Plug], int]:
     """Train the plugs of one chunk of layers together over all epochs: one teacher pass per batch.
 
-    Returns the plugs and how many images went through the teacher."""
+    The plugs' losses are independent, so the gradient of their sum is each plug's own: one backward and one
+    (foreach) AdamW step per batch train them all. Returns the plugs and how many images went through the teacher.
+    """
     named = convs(teacher)
     settings = cache.settings
     plugs = {(layer, op): _new_plug(named[layer], op, int(cache.key(layer, op)[:15], 16), device) for layer, op in keys}
-    optimizers = {key: torch.optim.AdamW(plug.parameters(), lr=settings.lr) for key, plug in plugs.items()}
-    schedules = {key: torch.optim.lr_scheduler.LambdaLR(opt, _cosine(settings.epochs * batches))
-                 for key, opt in optimizers.items()}
+    optimizer = torch.optim.AdamW([p for plug in plugs.values() for p in plug.parameters()], lr=settings.lr,
+                                  foreach=True)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(settings.epochs * batches))
     captured: dict[str, tuple[Tensor, Tensor]] = {}
-    show = progress and sys.stderr.isatty()
     seen = 0
     with _hooks(named, dict.fromkeys(layer for layer, _ in keys), _capture(captured)):
         for epoch in range(settings.epochs):
-            bar = tqdm(images(), total=batches, desc=f"plugs {label} epoch {epoch + 1}/{settings.epochs}",
-                       disable=not show, leave=False)
+            title = f"plugs {label} epoch {epoch + 1}/{settings.epochs}"
+            bar = tqdm(images(), total=batches, desc=title, disable=progress is None or not sys.stderr.isatty(),
+                       leave=False)
+            started, total = time.perf_counter(), torch.zeros((), device=device)
             for batch in bar:
                 image = _to_device(_image(batch), device)
                 with torch.no_grad(), autocast(device):
                     teacher(image)
                 seen += image.shape[0]
-                for key, plug in plugs.items():
-                    inputs, target = captured[key[0]]
-                    with autocast(device):
-                        output = plug(inputs)
-                    loss = normalised_mse(output, target)
-                    optimizers[key].zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizers[key].step()
-                    schedules[key].step()
+                with autocast(device):
+                    loss = sum(normalised_mse(plug(captured[layer][0]), captured[layer][1])
+                               for (layer, _), plug in plugs.items())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                total += loss.detach()
                 captured.clear()
+            if progress is not None and not sys.stderr.isatty():
+                progress(f"{title}: mean local error {total.item() / max(1, batches) / len(plugs):.4f}, "
+                         f"{time.perf_counter() - started:.1f}s")
     return plugs, seen
+
+
+@dataclass(frozen=True)
+class PlugBuild:
+    """What `train_plugs` did: the cache file of every wanted plug, how many it trained, and at what rate."""
+
+    paths: dict[PlugKey, Path]
+    trained: int = 0
+    images_per_s: float | None = None  # images per epoch times epochs over the training seconds; None: nothing trained
 
 
 def train_plugs(
     teacher: nn.Module, layer_ops: Mapping[str, Sequence[str]], images: Images, settings: LibrarySettings,
-    device: torch.device, cache: PlugCache, progress: bool = True, log: Callable[[str], None] = print,
-) -> dict[PlugKey, Path]:
-    """Train every (layer, op) plug but keep that the cache lacks; returns the cache file of each.
+    device: torch.device, cache: PlugCache, progress: bool = True, log: Callable[[str], None] = _say,
+) -> PlugBuild:
+    """Train every (layer, op) plug but keep that the cache lacks; returns the cache files and the build's rate.
 
     `images()` returns one epoch of batches (tensors, or tuples whose first item is the image
     tensor) of `settings.batch_size` images; it is called once per epoch per chunk, plus once to
@@ -383,26 +413,29 @@ def train_plugs(
     wanted = _wanted(teacher, layer_ops)
     named = convs(teacher)
     todo = [(layer, op) for layer, op in wanted if cache.read(layer, op, named[layer]) is None]
-    if todo:
-        _prepare(teacher, device)
-        with _eval_mode(teacher):
-            layers = list(dict.fromkeys(layer for layer, _ in todo))
-            sizes = probe(teacher, _first_batch(images), layers, device)
-            chunks = chunk_layers({layer: sizes[layer][1] for layer in layers}, settings.max_activation_bytes)
-            batches = _batches_per_epoch(images)
-            started, seen = time.perf_counter(), 0
-            for i, chunk in enumerate(chunks):
-                keys = [key for key in todo if key[0] in chunk]
-                plugs, images_seen = _train_chunk(teacher, keys, images, cache, device, batches, progress,
-                                                  f"{i + 1}/{len(chunks)}")
-                seen += images_seen
-                for (layer, op), plug in plugs.items():
-                    cache.save(layer, op, plug)
-            seconds = time.perf_counter() - started
-        per_epoch = seen // (len(chunks) * settings.epochs)
-        log(f"plug library: trained {len(todo)} plugs ({len(chunks)} chunk(s), {settings.epochs} epoch(s) of {per_epoch} "
-            f"images) in {seconds:.1f}s: {settings.epochs * per_epoch / seconds:.1f} images/s")
-    return {key: cache.path(*key) for key in wanted}
+    paths = {key: cache.path(*key) for key in wanted}
+    if not todo:
+        return PlugBuild(paths)
+    _prepare(teacher, device)
+    with in_mode(teacher, training=False):
+        layers = list(dict.fromkeys(layer for layer, _ in todo))
+        sizes = probe(teacher, _first_batch(images), layers, device)
+        chunks = chunk_layers({layer: sizes[layer][1] for layer in layers}, settings.max_activation_bytes)
+        batches = _batches_per_epoch(images)
+        started, seen = time.perf_counter(), 0
+        for i, chunk in enumerate(chunks):
+            keys = [key for key in todo if key[0] in chunk]
+            plugs, images_seen = _train_chunk(teacher, keys, images, cache, device, batches, log if progress else None,
+                                              f"{i + 1}/{len(chunks)}")
+            seen += images_seen
+            for (layer, op), plug in plugs.items():
+                cache.save(layer, op, plug)
+        seconds = time.perf_counter() - started
+    per_epoch = seen // (len(chunks) * settings.epochs)
+    rate = settings.epochs * per_epoch / seconds
+    log(f"plug library: trained {len(todo)} plugs ({len(chunks)} chunk(s), {settings.epochs} epoch(s) of {per_epoch} "
+        f"images) in {seconds:.1f}s: {rate:.1f} images/s")
+    return PlugBuild(paths, len(todo), rate)
 
 
 @torch.no_grad()
@@ -412,7 +445,7 @@ def teacher_forward_rate(teacher: nn.Module, images: Images, device: torch.devic
     device = torch.device(device)
     _prepare(teacher, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
-    with _eval_mode(teacher), autocast(device):
+    with in_mode(teacher, training=False), autocast(device):
         teacher(_to_device(_first_batch(images), device))
         sync()
         started, seen = time.perf_counter(), 0
@@ -446,7 +479,7 @@ def local_errors(teacher: nn.Module, plugs: Mapping[PlugKey, Plug], images: Imag
 
         return hook
 
-    with _eval_mode(teacher), _hooks(named, by_layer, make), autocast(device):
+    with in_mode(teacher, training=False), _hooks(named, by_layer, make), autocast(device):
         for batch in images():
             image = _to_device(_image(batch), device)
             teacher(image)
@@ -454,6 +487,30 @@ def local_errors(teacher: nn.Module, plugs: Mapping[PlugKey, Plug], images: Imag
     if not seen:
         raise InputError("plug library: the validation loader yields no images; expected at least one")
     return {key: total / seen for key, total in totals.items()}
+
+
+@torch.no_grad()
+def solo_divergences(teacher: nn.Module, plugs: Mapping[PlugKey, Plug], images: Images, logits: LogitsFn,
+                     device: torch.device) -> dict[PlugKey, tuple[float, float]]:
+    """Per plug, how far the teacher with only that plug in moves from the teacher, averaged over images: the
+    KL divergence of its output distribution from the teacher's (per pixel for segmentation), and the share of
+    outputs whose argmax changes. One teacher forward per batch, then one per plug."""
+    device = torch.device(device)
+    totals = {key: torch.zeros(2, dtype=torch.float64, device=device) for key in plugs}
+    seen = 0
+    with in_mode(teacher, training=False), autocast(device):
+        for batch in images():
+            image = _to_device(_image(batch), device)
+            reference = logits(teacher, image).float()
+            for (layer, op), plug in plugs.items():
+                with plugged(teacher, layer, plug) as student:
+                    output = logits(student, image).float()
+                totals[(layer, op)] += image.shape[0] * torch.stack(
+                    [kd_loss(output, reference, 1.0), 1 - agreement(output, reference)]).double()
+            seen += image.shape[0]
+    if not seen:
+        raise InputError("plug library: the validation loader yields no images; expected at least one")
+    return {key: tuple((total / seen).tolist()) for key, total in totals.items()}
 
 
 def plug_flops(conv: nn.Conv2d, op: str, input_shape: Sequence[int]) -> int:
@@ -488,21 +545,22 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 def plugs_table(
     teacher: nn.Module, layer_ops: Mapping[str, Sequence[str]], val_images: Images, score_fn: ScoreFn,
-    device: torch.device, cache: PlugCache,
+    logits: LogitsFn, device: torch.device, cache: PlugCache,
 ) -> pd.DataFrame:
     """The rows of every (layer, op) plug (trained, in the cache), also written to `<cache folder>/plugs.parquet`.
 
     Columns: `key` (the plug's file stem), `layer`, `op`, `params` (op_params), `flops` (the plug
     alone on one image at its conv's input shape for the first val batch's image size),
     `local_error` (normalised MSE on the val images), `solo_score` (`score_fn` of the teacher with
-    only this plug in, untrained further), `solo_drop` (`score_fn(teacher)` minus `solo_score`).
+    only this plug in, untrained further), `solo_drop` (`score_fn(teacher)` minus `solo_score`),
+    `solo_kl` and `solo_disagreement` (`solo_divergences` over the val images, outputs read by `logits`).
     The file holds one row per (layer, op): rows already there with the same key are reused, not
     recomputed; a row of a requested (layer, op) with another key (other data or settings) is
     replaced; rows of other (layer, op) stay. The score function is taken as fixed per cache
     folder: delete the file to rescore.
     """
     device = torch.device(device)
-    path = cache.folder / TABLE_NAME
+    path = cache.folder / PLUGS_FILE
     wanted = _wanted(teacher, layer_ops)
     table = _read_table(path)
     known_keys = {cache.key(layer, op) for layer, op in wanted} & set(table["key"])
@@ -513,8 +571,9 @@ def plugs_table(
         plugs = {(layer, op): load_plug(cache, teacher, layer, op) for layer, op in todo}
         for plug in plugs.values():
             _prepare(plug, device)
-        with _eval_mode(teacher):
+        with in_mode(teacher, training=False):
             errors = local_errors(teacher, plugs, val_images, device)
+            divergences = solo_divergences(teacher, plugs, val_images, logits, device)
             first = _first_batch(val_images)[:1]
             shapes = probe(teacher, first, list(dict.fromkeys(layer for layer, _ in todo)), device)
             teacher_score = float(score_fn(teacher))
@@ -526,6 +585,7 @@ def plugs_table(
                     "key": cache.key(layer, op), "layer": layer, "op": op, "params": op_params(named[layer], op),
                     "flops": plug_flops(named[layer], op, shapes[layer][0]), "local_error": errors[(layer, op)],
                     "solo_score": solo, "solo_drop": teacher_score - solo,
+                    "solo_kl": divergences[(layer, op)][0], "solo_disagreement": divergences[(layer, op)][1],
                 })
         requested = set(wanted)
         kept = table[[key in known_keys or (layer, op) not in requested

@@ -15,11 +15,17 @@ def hint_loss(student: Tensor, teacher: Tensor) -> Tensor:
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
-    """T² · KL(teacher ‖ student) of the softened class distributions, summed over classes, mean over pixels."""
+    """KL(teacher ‖ student) of the class distributions softened by `temperature`, summed over classes, mean over
+    images (classification) or pixels (segmentation).
+
+    Without Hinton's T² factor: it is there to keep a soft term's gradients comparable to a hard-label loss's,
+    and here it would put the logit term at T = 4 some 20 times above the normalised hint loss (measured on a
+    real CIFAR ResNet-20 with `dws` plugs: 18 against 0.7 at the start). Without it both terms start near 1.
+    """
     log_s = F.log_softmax(student_logits.float() / temperature, dim=1)
     log_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
     positions = log_s.numel() // log_s.shape[1]
-    return F.kl_div(log_s, log_t, log_target=True, reduction="sum") / positions * temperature**2
+    return F.kl_div(log_s, log_t, log_target=True, reduction="sum") / positions
 
 
 def has_edge_output(model: nn.Module) -> bool:

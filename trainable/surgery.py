@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from data.errors import InputError
+from data.names import KEEP
 from trainable.checkpoint import read_file, save_atomic
 from trainable.inventory import convs
 from trainable.models import build, info, is_zoo, resolve
@@ -21,7 +22,7 @@ _STUDENT_KEYS = ("arch", "arch_args", "policy", "state_dict")
 
 def plugged_layers(policy: Mapping[str, str]) -> list[str]:
     """The layers a policy replaces (every entry but `keep`), in policy order."""
-    return [layer for layer, op in policy.items() if op != "keep"]
+    return [layer for layer, op in policy.items() if op != KEEP]
 
 
 def read_policy(path: Path) -> dict[str, str]:

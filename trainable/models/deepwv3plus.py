@@ -79,6 +79,7 @@ class ASPP(nn.Module):
         self.features = nn.ModuleList(branches)
         self.img_pooling = nn.AdaptiveAvgPool2d(1)
         self.img_conv = nn.Sequential(_conv(cin, reduction, 1), nn.BatchNorm2d(reduction), nn.ReLU(inplace=True))
+        self.out_channels = (2 + len(_ASPP_RATES)) * reduction
 
     def forward(self, x: Tensor) -> Tensor:
         pooled = _upsample(self.img_conv(self.img_pooling(x)), x.shape[-2:])
@@ -101,32 +102,42 @@ def add_backbone(net: nn.Module, width: float) -> int:
     return cin
 
 
+def add_decoder(net: nn.Module, aspp: ASPP, num_classes: int, width: float, head: str) -> None:
+    """Give `net` its `aspp` and DeepLabV3+'s decoder: bot_fine (mod2's features), bot_aspp and the classifier head
+    named `head` (the checkpoint's names, in their order); `decode` runs it."""
+    reduction = _ch(256, width)
+    net.aspp = aspp
+    net.bot_fine = _conv(_ch(128, width), _ch(48, width), 1)
+    net.bot_aspp = _conv(aspp.out_channels, reduction, 1)
+    setattr(net, head, nn.Sequential(
+        _conv(_ch(48, width) + reduction, reduction, 3),
+        nn.BatchNorm2d(reduction),
+        nn.ReLU(inplace=True),
+        _conv(reduction, reduction, 3),
+        nn.BatchNorm2d(reduction),
+        nn.ReLU(inplace=True),
+        _conv(reduction, num_classes, 1),
+    ))
+
+
+def decode(net: nn.Module, head: nn.Module, m2: Tensor, context: Tensor) -> Tensor:
+    """The decoder's logits at mod2's resolution, from mod2's features and the ASPP's output (see `add_decoder`)."""
+    context = _upsample(net.bot_aspp(context), m2.shape[-2:])
+    return head(torch.cat([net.bot_fine(m2), context], dim=1))
+
+
 class DeepWV3Plus(nn.Module):
     """WideResNet38 (output stride 8) with ASPP and a decoder fed by mod2 at half resolution."""
 
     def __init__(self, num_classes: int = 19, width: float = 1.0):
         super().__init__()
         cin = add_backbone(self, width)
-        reduction = _ch(256, width)
-        self.aspp = ASPP(cin, reduction)
-        self.bot_fine = _conv(_ch(128, width), _ch(48, width), 1)
-        self.bot_aspp = _conv(5 * reduction, reduction, 1)
-        self.final = nn.Sequential(
-            _conv(_ch(48, width) + reduction, reduction, 3),
-            nn.BatchNorm2d(reduction),
-            nn.ReLU(inplace=True),
-            _conv(reduction, reduction, 3),
-            nn.BatchNorm2d(reduction),
-            nn.ReLU(inplace=True),
-            _conv(reduction, num_classes, 1),
-        )
+        add_decoder(self, ASPP(cin, _ch(256, width)), num_classes, width, head="final")
 
     def forward(self, x: Tensor) -> Tensor:
         m2 = self.mod2(self.pool2(self.mod1(x)))
         deep = self.mod7(self.mod6(self.mod5(self.mod4(self.mod3(self.pool3(m2))))))
-        aspp = _upsample(self.bot_aspp(self.aspp(deep)), m2.shape[-2:])
-        logits = self.final(torch.cat([self.bot_fine(m2), aspp], dim=1))
-        return _upsample(logits, x.shape[-2:])
+        return _upsample(decode(self, self.final, m2, self.aspp(deep)), x.shape[-2:])
 
 
 @register("deepwv3plus", "segmentation")

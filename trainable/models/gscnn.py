@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
 from trainable.models import register
-from trainable.models.deepwv3plus import ASPP, _ch, _conv, _upsample, add_backbone
+from trainable.models.deepwv3plus import ASPP, _ch, _conv, _upsample, add_backbone, add_decoder, decode
 
 CANNY_THRESHOLDS = (10, 100)
 
@@ -71,6 +71,7 @@ class EdgeASPP(ASPP):
     def __init__(self, cin: int, reduction: int):
         super().__init__(cin, reduction)
         self.edge_conv = nn.Sequential(_conv(1, reduction, 1), nn.BatchNorm2d(reduction), nn.ReLU(inplace=True))
+        self.out_channels += reduction
 
     def forward(self, x: Tensor, acts: Tensor) -> Tensor:
         size = x.shape[-2:]
@@ -106,19 +107,7 @@ class GSCNN(nn.Module):
         self.gate1 = GatedSpatialConv2d(c32)
         self.gate2 = GatedSpatialConv2d(c16)
         self.gate3 = GatedSpatialConv2d(c8)
-        reduction = _ch(256, width)
-        self.aspp = EdgeASPP(cin, reduction)
-        self.bot_fine = _conv(_ch(128, width), _ch(48, width), 1)
-        self.bot_aspp = _conv(6 * reduction, reduction, 1)
-        self.final_seg = nn.Sequential(
-            _conv(_ch(48, width) + reduction, reduction, 3),
-            nn.BatchNorm2d(reduction),
-            nn.ReLU(inplace=True),
-            _conv(reduction, reduction, 3),
-            nn.BatchNorm2d(reduction),
-            nn.ReLU(inplace=True),
-            _conv(reduction, num_classes, 1),
-        )
+        add_decoder(self, EdgeASPP(cin, _ch(256, width)), num_classes, width, head="final_seg")
 
     def forward(self, x: Tensor, return_edge: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Segmentation logits (N, C, H, W); with `return_edge`, also the boundary probabilities (N, 1, H, W)."""
@@ -134,8 +123,7 @@ class GSCNN(nn.Module):
         shape = self.gate3(self.d3(self.res3(shape)), _upsample(self.dsn7(m7), size))
         edge = torch.sigmoid(self.fuse(shape))
         acts = torch.sigmoid(self.cw(torch.cat([edge, canny_map(x)], dim=1)))
-        aspp = _upsample(self.bot_aspp(self.aspp(m7, acts)), m2.shape[-2:])
-        logits = self.final_seg(torch.cat([self.bot_fine(m2), aspp], dim=1))
+        logits = decode(self, self.final_seg, m2, self.aspp(m7, acts))
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return (logits, edge) if return_edge else logits
 
