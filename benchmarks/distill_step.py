@@ -167,8 +167,9 @@ def build(size: str, stages: Sequence[str], batch: int, root: Path, device: torc
     teacher_settings = TeacherSettings(ARCH, width=width)
     teacher = teacher_settings.build(load=False)
     data = DataSettings(root=root, unlabeled=("leftImg8bit/train_extra",), crop=crop, batch_size=batch)
-    return Distillation(teacher, teacher_settings, dws_policy(teacher, stages), data, DistillSettings(),
-                        device=device, teacher_metrics={"miou": 0.0}, log=lambda line: None)
+    settings = DistillSettings(train="plugged", bn="frozen")  # the plugs alone: the step's floor is well defined
+    return Distillation(teacher, teacher_settings, dws_policy(teacher, stages), data, settings, device=device,
+                        teacher_metrics={"miou": 0.0}, log=lambda line: None)
 
 
 def measures(d: Distillation, images: torch.Tensor, labels: torch.Tensor, sharing: dict[str, bool]) -> list[Measure]:

@@ -69,6 +69,7 @@ sys.path.insert(0, str(REPO))
 from analysis.front import hypervolume, pareto_front  # noqa: E402
 from data.errors import InputError, run_cli  # noqa: E402
 from data.names import TEACHER_FILE, TRIALS_FILE  # noqa: E402
+from search.demo import DEMOS  # noqa: E402
 
 SPACES = {"demo": REPO / "spaces/demo.yaml", "classification": REPO / "tests/spaces/classification.yaml"}
 # Per space: trials and distill.epochs of the benchmark's copy (chosen to fit 2 cores in the time the docstring says).
@@ -130,8 +131,8 @@ def prepare_inputs(key: str, work: Path, log: Log) -> dict[str, Any]:
     if not root.is_dir():
         log(f"{key}: generating data in {root}")
         if key == "demo":  # the `make demo` data (search/demo.py)
-            _run([sys.executable, "-m", "data.synthetic", "--out", str(root), "--train", "64", "--val", "16",
-                  "--extra", "96", "--size", "64", "128", "--seed", "0"], folder / "data.log")
+            _run([sys.executable, "-m", "data.synthetic", "--out", str(root), *DEMOS["segmentation"].data_args],
+                 folder / "data.log")
         else:
             from data.synthetic import generate_imagefolder
             generate_imagefolder(root, classes=4, train=64, val=16, unlabeled=256, size=32, seed=0)

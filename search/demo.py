@@ -51,7 +51,7 @@ class Demo:
 DEMOS = {
     tasks.Segmentation.name: Demo(
         Path("spaces/demo.yaml"),
-        ("--train", "64", "--val", "16", "--extra", "96", "--size", "64", "128", "--seed", "0"),
+        ("--train", "64", "--val", "48", "--extra", "96", "--size", "64", "128", "--seed", "0"),
         lambda data: data.root / "leftImg8bit" / data.val, lambda data: data.root / "gtFine" / data.val,
         lambda out: out, param_share=0.6, kept_share=0.9),
     tasks.Classification.name: Demo(

@@ -40,7 +40,7 @@ def minimal(tmp: Path, **data) -> dict:
 
 def test_an_omitted_field_takes_the_dataclass_default(tmp_path):
     space = load_space(write_space(tmp_path, minimal(tmp_path)))
-    assert space.distill == DistillSettings()
+    assert space.distill == replace(DistillSettings(), init="scratch")  # `init` resolves: no library section
     assert space.latency == LatencySettings()
     assert space.library is None and space.teacher.train is None and space.policy.max_param_ratio is None
     task = tasks.get(space.teacher.task)
@@ -68,11 +68,20 @@ def test_latency_functions_default_to_the_space_defaults():
             assert parameters[name].default == getattr(LatencySettings(), name), (function.__name__, name)
 
 
+def _literals(annotation) -> list[str]:
+    """The string options of a Literal, also inside an Optional or a Union."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return [o for o in typing.get_args(annotation) if isinstance(o, str)]
+    return [o for arg in typing.get_args(annotation) for o in _literals(arg)]
+
+
 def _two_values(entry: Entry) -> list:
-    """Two values a distill field accepts, its default first: a Literal's first options, or default and default + 1."""
-    options = [o for o in typing.get_args(entry.type) if isinstance(o, str)]
+    """Two values a distill field accepts, its default first (a Literal's first option when the default is null):
+    a Literal's options, or default and default + 1."""
+    options = _literals(entry.type)
     if options:
-        return [entry.default, next(o for o in options if o != entry.default)]
+        first = entry.default if entry.default in options else options[0]
+        return [first, next(o for o in options if o != first)]
     base = entry.default if entry.default is not None else 1
     return [base, base + 1]
 
@@ -85,6 +94,8 @@ def test_what_may_be_searched_comes_from_the_schema(tmp_path, entry):
     raw["distill"][entry.name] = {"choice": values}
     if entry.name == "w_edge":
         raw["teacher"]["arch"] = "gscnn"  # a teacher with an edge output to distil
+    if entry.name == "init":
+        raw["library"] = {}  # `library` needs one
     path = write_space(tmp_path, raw)
     if entry.setting.searchable:
         space = load_space(path)

@@ -191,7 +191,7 @@ def test_command_line_refuses_a_broken_space(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("name, groups", [("demo", 5), ("demo_classification", 4), ("wrn38", 34), ("gscnn", 35),
+@pytest.mark.parametrize("name, groups", [("demo", 15), ("demo_classification", 4), ("wrn38", 34), ("gscnn", 35),
                                           ("resnet50", 16)])
 def test_shipped_spaces_load_and_resolve(name, groups):
     space = load_space(ROOT / "spaces" / f"{name}.yaml")
