@@ -7,32 +7,36 @@ generated under `--out` when missing). Three policies per model: `dws` on the la
 (ResNets: layer3's `conv2`; demo: mod6's and mod7's), `dws` on every 3x3 conv of the later stages (ResNets:
 layer2 and layer3; demo: mod4 to mod7 and the ASPP), and a `lowrank` mix near half the teacher's params.
 
-Rows, for each model, policy and epoch count (`--epochs`, default 4 and 20), on the same unlabeled images,
-augmentation, batch size and val images:
+Rows, for each model and policy, on the same unlabeled images, augmentation, batch size and val images:
 
 - `default`: every distill setting at its default, plugs from the space's plug library: exactly what
   `python search/retrain.py --space S --policy P --epochs E` runs (`search.retrain.distill_policy`);
-- `train=<set>`: the default with another trainable set (`distill.train`; the default's own is `default`);
+- `train=<set>`: the default with another trainable set (`distill.train`; the default's own is `downstream`);
 - `init=scratch`: the default without the library (the ops' own data-free start from the teacher's weights);
-- `reference <set>`: a plain loop written below, with no plugkd recipe in it: PyTorch's own initialisation of
-  the plug convs, normalised-MSE hint at each plug (mean over plugs) + T^2 KL at T = 4, both weighted 1,
-  AdamW (weight decay 1e-4), cosine schedule, lr 1e-3 (3e-3 from 20 epochs on, as ../shared/real/README.md's
-  reference figures), BatchNorm in train mode in the trainable part (eval mode when only the plugs train).
+- the `--variants` (default: `bn=frozen`, `bn=recalibrate`, `lr=0.003`, `w_kd=0`, `w_kd=1`), each the default with
+  that one setting changed, on the first policy only;
+- `reference`: a plain loop written below, with no plugkd recipe in it, training the default's set (everything
+  from the first plug on, in forward order): PyTorch's own initialisation of the plug convs, normalised-MSE hint
+  at each plug (mean over plugs) + T^2 KL at T = 4, both weighted 1, AdamW (weight decay 1e-4), cosine schedule,
+  lr 1e-3 (3e-3 from 20 epochs on, as ../shared/real/README.md's reference figures), BatchNorm in train mode
+  from the first plug on.
 
-At the smallest epoch count every row runs; at the others, `default` and the reference loop with the
-trainable set that scored best at the smallest count. Each row prints the metric, its share of the teacher's,
-seconds per epoch and training images per second. Targets: `default` at least matches the best reference
-row at equal epochs on every (model, policy); ResNet-20 with `dws` on layer3's `conv2` keeps at least 95%
-of its teacher's top-1 within 20 epochs.
+Every row runs at the smallest epoch count (`--epochs`, default 4 and 20); at the larger ones `default` and
+`reference` run for the first policy of the models in `--long` (default: resnet20, whose target is at 20 epochs),
+which keeps the whole benchmark within 30 minutes on 2 cores. Each row prints the metric, its share of the
+teacher's, seconds per epoch and training images per second. Targets: `default` at least matches `reference` at
+equal epochs on every (model, policy); ResNet-20 with `dws` on layer3's `conv2` keeps at least 95% of its
+teacher's top-1 within 20 epochs.
 
 It also prints, per model: the plug library's build (its training rate against the teacher's forward alone
-over the same images, target at least 0.5 on the ResNets) and how well each solo measure of the library ranks
-measured drops: `--rank-policies` random policies over the model's layers are each distilled for
-`--rank-epochs` epochs with the defaults, and Spearman's rho of each measure summed over a policy's plugs
-against the policy's measured drop (target at least 0.6 for the measure the solver uses).
+over the same images, target at least 0.5 on the ResNets) and, for the models in `--rank` (default resnet20 and
+demo), how well each solo measure of the library ranks measured drops: `--rank-policies` random policies over
+the model's layers are each distilled for `--rank-epochs` epochs with the defaults, and Spearman's rho of each
+measure summed over a policy's plugs against the policy's measured drop (target at least 0.6 for the measure
+the solver uses).
 
     python benchmarks/recovery.py                                    # all of it (about 30 min on 2 cores)
-    python benchmarks/recovery.py --models resnet20 --epochs 2 --rank-policies 4   # a smoke run
+    python benchmarks/recovery.py --models resnet20 --epochs 1 2 --rank-policies 3 --rank-epochs 1   # a smoke run
 """
 from __future__ import annotations
 
@@ -42,7 +46,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -75,6 +79,15 @@ REAL = REPO.parent / "shared" / "real"
 Log = Callable[[str], None]
 TRAIN_SETS = ("plugged", "downstream", "all")
 REFERENCE_T = 4.0
+VARIANTS = ("bn=frozen", "bn=recalibrate", "lr=0.003", "w_kd=0", "w_kd=1")
+
+
+def variant(text: str) -> tuple[str, Any]:
+    """A KEY=VALUE distill setting, its value parsed as YAML (a number stays a number)."""
+    key, sep, value = text.partition("=")
+    if not sep or key not in {f.name for f in fields(DistillSettings)}:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with KEY a distill setting, got {text!r}")
+    return key, yaml.safe_load(value)
 
 
 @dataclass(frozen=True)
@@ -94,8 +107,7 @@ MODELS = {
     "resnet20": Model("resnet20", **RESNET),
     "resnet32": Model("resnet32", **RESNET),
     "demo": Model("demo", last=("mod6", "mod7"), stages=("mod4", "mod5", "mod6", "mod7", "aspp"),
-                  rank_ops=(KEEP, "dws", "group4", "lowrank32"),
-                  lowrank=("lowrank8", "lowrank16", "lowrank32", "lowrank64")),
+                  rank_ops=(KEEP, "dws", "group4", "lowrank8"), lowrank=("lowrank4", "lowrank8", "lowrank16")),
 }
 
 
@@ -252,42 +264,59 @@ def bench_model(model: Model, args: argparse.Namespace, log: Log) -> dict[str, A
     teacher_score = _score(space, teacher)
     log(f"{model.name}: teacher {metric} {teacher_score:.4f}, {count_params(teacher):,} params")
 
+    shutil.rmtree(folder / "library", ignore_errors=True)  # a fresh build: its rate is the figure
     started = time.monotonic()
     library = build_library(space, teacher, resolve_choices(space, teacher), torch.device("cpu"), progress=False)
-    build_line = f"{model.name}: plug library {len(library.table)} plugs in {time.monotonic() - started:.0f}s"
+    build_s = time.monotonic() - started
     forward = teacher_forward_rate(teacher, library_images(space), torch.device("cpu"))
-    log(build_line + f"; teacher forward alone {forward:.0f} images/s (the build's rate is printed above)")
+    log(f"{model.name}: plug library {len(library.table)} plugs in {build_s:.0f}s, training at "
+        f"{library.build.images_per_s:.0f} images/s; teacher forward alone {forward:.0f} images/s")
+    typical = build_rate(model, folder / "rate", teacher, layers, log)
 
     rows: list[list[Any]] = []
     share = lambda v: f"{v / teacher_score:.1%}"  # noqa: E731
     total = count_params(teacher)
     default = DistillSettings()
     verdicts = []
-    for label, policy in policies(model, teacher).items():
+    for index, (label, policy) in enumerate(list(policies(model, teacher).items())[:args.policies]):
         params = sum(p.numel() for p in apply_policy(teacher, policy).parameters()) / total
-        best_set = default.train
         for epochs in args.epochs:
             found: dict[str, tuple[float, float, float]] = {}
-            first = epochs == args.epochs[0]
-            found["default"] = plugkd_row(space, teacher, policy, epochs)
-            if first:
+            if epochs == args.epochs[0]:
+                found["default"] = plugkd_row(space, teacher, policy, epochs)
                 for train in TRAIN_SETS:
                     if train != default.train:
                         found[f"train={train}"] = plugkd_row(space, teacher, policy, epochs, train=train)
                 found["init=scratch"] = plugkd_row(space, teacher, policy, epochs, init="scratch")
-            for train in (TRAIN_SETS if first else (best_set,)):
-                found[f"reference {train}"] = reference_loop(space, teacher, policy, train, epochs)
-            if first:
-                best_set = max(TRAIN_SETS, key=lambda t: found[f"reference {t}"][0])
-            reference = max(v[0] for k, v in found.items() if k.startswith("reference"))
-            verdicts.append((model.name, label, epochs, found["default"][0], reference))
+                for key, value in (args.variants if index == 0 else []):
+                    found[f"{key}={value}"] = plugkd_row(space, teacher, policy, epochs, **{key: value})
+            elif index == 0 and model.name in args.long:
+                found["default"] = plugkd_row(space, teacher, policy, epochs)
+            else:
+                continue
+            found["reference"] = reference_loop(space, teacher, policy, default.train, epochs)
+            verdicts.append((model.name, label, epochs, found["default"][0], found["reference"][0]))
             for row, (score, s_epoch, rate) in found.items():
                 rows.append([model.name, label, f"{params:.1%}", epochs, row, f"{score:.4f}", share(score),
                              f"{s_epoch:.1f}", f"{rate:.0f}"])
                 log(" | ".join(map(str, rows[-1])))
-    ranking = rank_measures(space, teacher, layers, model, library, teacher_score, args, log)
+    ranking = (rank_measures(space, teacher, layers, model, library, teacher_score, args, log)
+               if model.name in args.rank else {})
     return {"rows": rows, "verdicts": verdicts, "ranking": ranking, "teacher": teacher_score, "metric": metric,
-            "forward_rate": forward}
+            "forward_rate": forward, "build_rate": library.build.images_per_s, "plugs": len(library.table),
+            "typical": typical}
+
+
+def build_rate(model: Model, folder: Path, teacher: torch.nn.Module, layers: Sequence[str], log: Log) -> tuple[int, float]:
+    """A typical space's library, two ops per layer (`dws` and a lowrank), built afresh: (plugs, images/s)."""
+    ops = (KEEP, "dws", model.lowrank[-2])
+    shutil.rmtree(folder, ignore_errors=True)
+    path = demo_space(folder, layers, ops, log) if model.name == "demo" else real_space(model.name, folder, layers, ops)
+    space = load_space(path)
+    library = build_library(space, teacher, resolve_choices(space, teacher), torch.device("cpu"), progress=False)
+    log(f"{model.name}: a library of {len(library.table)} plugs ({', '.join(ops[1:])}) trains at "
+        f"{library.build.images_per_s:.0f} images/s")
+    return len(library.table), library.build.images_per_s
 
 
 def rank_measures(space: Space, teacher: torch.nn.Module, layers: Sequence[str], model: Model, library: Any,
@@ -313,7 +342,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", choices=tuple(MODELS), default=list(MODELS))
     parser.add_argument("--epochs", nargs="+", type=int, default=[4, 20], help="epoch counts (default 4 20)")
-    parser.add_argument("--rank-policies", type=int, default=12, help="random policies for the ranking (default 12)")
+    parser.add_argument("--policies", type=int, default=3, choices=(1, 2, 3), help="the first N policies (default 3)")
+    parser.add_argument("--variants", nargs="*", type=variant, default=[variant(v) for v in VARIANTS],
+                        help="KEY=VALUE distill settings, each a row on the first policy (default: "
+                             + " ".join(VARIANTS) + ")")
+    parser.add_argument("--long", nargs="*", choices=tuple(MODELS), default=["resnet20"],
+                        help="models whose first policy also runs at the larger epoch counts (default resnet20)")
+    parser.add_argument("--rank", nargs="*", choices=tuple(MODELS), default=["resnet20", "demo"],
+                        help="models whose solo measures are ranked against measured drops (default resnet20 demo)")
+    parser.add_argument("--rank-policies", type=int, default=8, help="random policies for the ranking (default 8)")
     parser.add_argument("--rank-epochs", type=int, default=2, help="epochs of each ranking policy (default 2)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/plugkd-bench"))
     args = parser.parse_args(argv)
@@ -329,10 +366,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines = [markdown(head, [row for r in results.values() for row in r["rows"]]), ""]
     for name, r in results.items():
         for model, label, epochs, default, reference in r["verdicts"]:
-            lines.append(f"- {model}, {label}, {epochs} epochs: default {default:.4f} vs best reference {reference:.4f}: "
+            lines.append(f"- {model}, {label}, {epochs} epochs: default {default:.4f} vs reference {reference:.4f}: "
                          f"{'met' if default >= reference else 'NOT met'}")
-        lines.append(f"- {name}: ranking of measured drops (Spearman): "
-                     + ", ".join(f"{m} {v:.2f}" + (" (the solver's)" if m == PREDICTOR else "") for m, v in r["ranking"].items()))
+        if name == "resnet20":
+            kept = max((float(row[5]) / r["teacher"] for row in r["rows"]
+                        if row[1] == "dws layer3 conv2" and row[4] == "default" and row[3] <= 20), default=0.0)
+            lines.append(f"- resnet20, dws layer3 conv2: default keeps {kept:.1%} of the teacher's top-1 within 20 epochs "
+                         f"(target >= 95%): {'met' if kept >= 0.95 else 'NOT met'}")
+        if r["ranking"]:
+            lines.append(f"- {name}: ranking of measured drops (Spearman): " + ", ".join(
+                f"{m} {v:.2f}" + (" (the solver's)" if m == PREDICTOR else "") for m, v in r["ranking"].items()))
+        plugs, rate = r["typical"]
+        lines.append(f"- {name}: plug library build, {r['plugs']} plugs: {r['build_rate']:.0f} images/s, {plugs} plugs: "
+                     f"{rate:.0f} images/s, against the teacher's forward alone {r['forward_rate']:.0f} "
+                     f"({r['build_rate'] / r['forward_rate']:.2f} and {rate / r['forward_rate']:.2f}; "
+                     "target >= 0.5 on the ResNets)")
     lines.append(f"\ntotal {time.monotonic() - started:.0f}s")
     report = "\n".join(lines)
     print("\n" + report)
