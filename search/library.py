@@ -30,7 +30,7 @@ from trainable.loaders import kept_in_memory, same_shape_batches, train_loader, 
 
 # The column of the plug table whose sum over a policy's plugs predicts its drop: of the solo measures it ranked
 # the drops of distilled students best (benchmarks/recovery.py; README).
-PREDICTOR = "solo_kl"
+PREDICTOR = "solo_drop"
 SCORING_CACHE_BYTES = 1 << 30  # val images decoded once for the scoring (one pass per plug) when they fit in this
 
 
